@@ -1,0 +1,29 @@
+# Quick start: `make demo` and `make test` on a machine with python3 and make.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# The CPU wheel of torch 2.13.0 lies on this machine's disk; an unpinned torch downloads GBs.
+TORCH_PIN ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_PIN)"
+	$(PY) -m pip install -q -e ".[dev,lmeval,ray]" "$(TORCH_PIN)"
+	touch $(STAMP)
+
+# pytest exits 5 when it collects no test: that fails the target like any other failure.
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/modelglue demo
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -1,0 +1,198 @@
+"""Hugging Face model directories: open one for streaming reads, write one atomically."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from modelglue.errors import ModelGlueError
+from modelglue.io.safetensors_io import TensorInfo, read_header, read_tensor
+
+PICKLE_FILES = ("pytorch_model.bin", "model.pt", "model.bin")
+# Files that travel with the weights into a merged or mixed model.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+)
+
+
+class Checkpoint:
+    """A Hugging Face model directory opened for one-tensor-at-a-time reads.
+
+    Only headers are read on open (and validated); tensor data is read on demand by
+    `get`. Pickle checkpoints are refused unless allow_pickle, and then loaded with
+    torch.load(weights_only=True), which cannot execute code.
+    """
+
+    def __init__(self, path: str | Path, *, allow_pickle: bool = False):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise ModelGlueError(f"{self.path}: model directory not found")
+        if not self.path.is_dir():
+            raise ModelGlueError(f"{self.path}: not a directory (expected a Hugging Face model directory)")
+        self.config = read_config(self.path)
+        self._infos: dict[str, TensorInfo] = {}
+        self._pickled: dict[str, torch.Tensor] | None = None
+        self.files = self._find_weight_files(allow_pickle)
+
+    def _find_weight_files(self, allow_pickle: bool) -> list[Path]:
+        index = self.path / "model.safetensors.index.json"
+        if index.exists():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+                files = sorted({self.path / f for f in weight_map.values()})
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                raise ModelGlueError(f"{index}: corrupt index (expected a JSON object with a weight_map)") from None
+            for f in files:
+                if not f.resolve().is_relative_to(self.path.resolve()):
+                    raise ModelGlueError(f"{index}: shard {f.name!r} lies outside the model directory")
+                if not f.exists():
+                    raise ModelGlueError(f"{index}: shard {f.name} is missing")
+        else:
+            files = sorted(self.path.glob("*.safetensors"))
+        if files:
+            for f in files:
+                infos, _ = read_header(f)
+                for name, info in infos.items():
+                    if name in self._infos:
+                        raise ModelGlueError(f"{self.path}: tensor {name!r} appears in two shards")
+                    self._infos[name] = info
+            return files
+        pickles = [self.path / n for n in PICKLE_FILES if (self.path / n).exists()]
+        pickles += sorted(self.path.glob("pytorch_model-*.bin"))
+        if pickles:
+            if not allow_pickle:
+                raise ModelGlueError(
+                    f"{self.path}: only pickle weights ({pickles[0].name}); pickles can run code, "
+                    "so they are refused unless --allow-pickle (then loaded with weights_only=True)"
+                )
+            self._pickled = {}
+            for f in pickles:
+                try:
+                    state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+                except Exception as exc:  # torch raises UnpicklingError and others
+                    raise ModelGlueError(f"{f}: refused or unreadable pickle ({str(exc).splitlines()[0]})") from None
+                if not isinstance(state, dict):
+                    raise ModelGlueError(f"{f}: expected a state dict")
+                self._pickled.update(state)
+            return pickles
+        raise ModelGlueError(f"{self.path}: no weights found (model.safetensors or a sharded index)")
+
+    # --- the tensor interface used by the merge executor and the analysis
+
+    def names(self) -> list[str]:
+        return list(self._pickled) if self._pickled is not None else list(self._infos)
+
+    def __contains__(self, name: str) -> bool:
+        return name in (self._pickled if self._pickled is not None else self._infos)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if self._pickled is not None:
+            return tuple(self._pickled[self._check(name)].shape)
+        return self._infos[self._check(name)].shape
+
+    def dtype(self, name: str) -> torch.dtype:
+        if self._pickled is not None:
+            return self._pickled[self._check(name)].dtype
+        return self._infos[self._check(name)].dtype
+
+    def nbytes(self, name: str) -> int:
+        if self._pickled is not None:
+            t = self._pickled[self._check(name)]
+            return t.numel() * t.element_size()
+        return self._infos[self._check(name)].nbytes
+
+    def get(self, name: str) -> torch.Tensor:
+        """Read one tensor into owned memory."""
+        if self._pickled is not None:
+            return self._pickled[self._check(name)].clone()
+        return read_tensor(self._infos[self._check(name)])
+
+    def _check(self, name: str) -> str:
+        if name not in self:
+            raise ModelGlueError(f"{self.path}: tensor {name!r} not found")
+        return name
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({str(self.path)!r})"
+
+
+def read_config(path: Path) -> dict:
+    cfg = path / "config.json"
+    if not cfg.exists():
+        raise ModelGlueError(f"{path}: config.json is missing (expected a Hugging Face model directory)")
+    try:
+        config = json.loads(cfg.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelGlueError(f"{cfg}: invalid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ModelGlueError(f"{cfg}: expected a JSON object")
+    return config
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
+    """Copy tokenizer and generation-config files from a model directory."""
+    copied = []
+    for name in TOKENIZER_FILES + ("generation_config.json",):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+            copied.append(name)
+    return copied
+
+
+def check_output_dir(out_dir: Path, inputs: list[Path], overwrite: bool) -> None:
+    """Refuse outputs that would clobber an input or an unrelated existing directory."""
+    out = out_dir.resolve()
+    for p in inputs:
+        src = p.resolve()
+        if out == src or out.is_relative_to(src) or src.is_relative_to(out):
+            raise ModelGlueError(f"output directory {out_dir} overlaps input model {p}")
+    if out_dir.exists() and not overwrite:
+        if not out_dir.is_dir() or any(out_dir.iterdir()):
+            raise ModelGlueError(f"output directory {out_dir} already exists and is not empty (pass --overwrite)")
+
+
+@contextmanager
+def atomic_output_dir(out_dir: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces out_dir in one rename.
+
+    An interrupted or failed write leaves at most a hidden `.NAME.tmp-*` sibling, never a
+    directory at out_dir that looks complete.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_dir(tmp)
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+        _fsync_dir(out_dir.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

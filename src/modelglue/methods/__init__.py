@@ -1,0 +1,188 @@
+"""The one registry of merge methods.
+
+A method is a plain function on tensors plus declared parameters. Parameters have a
+scope: 'shared' (one value per output tensor, e.g. slerp's t), 'input' (one per input
+model, e.g. linear's weight) or 'non_base' (one per non-base input, e.g. ties' density).
+Names, scopes and defaults follow mergekit 0.1.5 so its recipes run unchanged.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from modelglue.errors import ModelGlueError
+from modelglue.methods.basic import linear, model_stock, passthrough, slerp
+from modelglue.methods.task_vectors import task_vector_merge
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: type  # float or bool (ints are accepted as floats)
+    scope: str = "shared"  # 'shared' | 'input' | 'non_base'
+    default: Any = REQUIRED
+    low: float | None = None  # inclusive range, checked when the recipe is validated
+    high: float | None = None
+
+    def check(self, value: Any, where: str) -> Any:
+        """Validate one resolved value; returns it converted, or raises a one-line error."""
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise ModelGlueError(f"{where}: parameter {self.name!r} must be true or false, got {value!r}")
+            return value
+        if self.type is str:
+            if not isinstance(value, str):
+                raise ModelGlueError(f"{where}: parameter {self.name!r} must be a string, got {value!r}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ModelGlueError(f"{where}: parameter {self.name!r} must be a number, got {value!r}")
+        value = float(value)
+        if value != value or (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            lo = "-inf" if self.low is None else self.low
+            hi = "inf" if self.high is None else self.high
+            raise ModelGlueError(f"{where}: parameter {self.name!r}={value:g} is out of range [{lo}, {hi}]")
+        return value
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """A registered method. `fn` is called as fn(tensors, **params) when the method takes
+    no base, or fn(base, others, **params) when it needs one; per-input parameters
+    arrive as lists aligned with the inputs (or with `others`)."""
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    params: tuple[Param, ...] = ()
+    needs_base: bool = False
+    min_inputs: int = 1
+    max_inputs: int | None = None
+    randomized: bool = False
+    description: str = ""
+    reference: str = ""
+    fixed: dict = field(default_factory=dict)  # keyword arguments baked into this method
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def __call__(self, tensors: list[torch.Tensor], base_index: int | None, shared: dict[str, Any],
+                 per_input: list[dict[str, Any]], generators: list[torch.Generator] | None = None) -> torch.Tensor:
+        """Bind resolved parameters to the plain function and run it."""
+        kwargs = dict(self.fixed)
+        for p in self.params:
+            key = "lambda_" if p.name == "lambda" else p.name
+            if p.scope == "shared":
+                kwargs[key] = shared[p.name]
+            elif p.scope == "input":
+                kwargs[key] = [pi[p.name] for pi in per_input]
+        if not self.needs_base:
+            return self.fn(tensors, **kwargs)
+        base = tensors[base_index]
+        others = [t for i, t in enumerate(tensors) if i != base_index]
+        for p in self.params:
+            if p.scope == "non_base":
+                kwargs[p.name] = [pi[p.name] for i, pi in enumerate(per_input) if i != base_index]
+        if self.randomized:
+            kwargs["generators"] = generators
+        return self.fn(base, others, **kwargs)
+
+
+REGISTRY: dict[str, MergeMethod] = {}
+
+
+def register(method: MergeMethod) -> MergeMethod:
+    if method.name in REGISTRY:
+        raise ValueError(f"merge method {method.name!r} is already registered")
+    REGISTRY[method.name] = method
+    return method
+
+
+def get_method(name: str) -> MergeMethod:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), REGISTRY, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ModelGlueError(f"unknown merge_method {name!r}{hint}; known: {', '.join(sorted(REGISTRY))}") from None
+
+
+# ---------------------------------------------------------------- the methods
+
+UNIT = dict(low=0.0, high=1.0)
+
+register(MergeMethod(
+    "linear", linear,
+    (Param("weight", float, "input"), Param("normalize", bool, default=True)),
+    description="Weighted average of the models (model soup).", reference="https://arxiv.org/abs/2203.05482"))
+
+register(MergeMethod(
+    "slerp", slerp, (Param("t", float, **UNIT),), needs_base=True, min_inputs=2, max_inputs=2,
+    description="Spherical interpolation from the base to one other model.",
+    reference="https://en.wikipedia.org/wiki/Slerp"))
+
+register(MergeMethod(
+    "model_stock", model_stock, (Param("filter_wise", bool, default=False),), needs_base=True, min_inputs=3,
+    description="Interpolate towards the fine-tunes' mean by their task vectors' geometry.",
+    reference="https://arxiv.org/abs/2403.19522"))
+
+register(MergeMethod(
+    "passthrough", passthrough, (Param("scale", float, "input", default=None),), max_inputs=1,
+    description="Copy tensors unchanged: layer stacking, depth up-scaling, frankenmerges."))
+
+
+def _task_vector_method(name: str, sparsify: str | None, consensus: str | None, normalize: bool,
+                        rescale: bool, description: str, reference: str) -> MergeMethod:
+    params = [
+        Param("weight", float, "non_base"),
+        Param("density", float, "non_base", default=1.0, **UNIT),
+        Param("normalize", bool, default=normalize),
+        Param("rescale", bool, default=rescale),
+        # The DARE paper rescales kept entries by 1/density; mergekit matches the L1 norm.
+        Param("rescale_mode", str, default="l1"),
+        Param("lambda", float, default=1.0),
+        Param("int8_mask", bool, default=False),  # accepted for mergekit recipes; no effect here
+    ]
+    if sparsify == "magnitude_outliers":
+        params.append(Param("gamma", float, "non_base", default=0.01, **UNIT))
+    if sparsify == "della":
+        params.append(Param("epsilon", float, "non_base", default=0.15, **UNIT))
+    return MergeMethod(
+        name, functools.partial(_task_vector_call, sparsify=sparsify, consensus=consensus), tuple(params),
+        needs_base=True, min_inputs=1, randomized=sparsify in ("random", "della"),
+        description=description, reference=reference)
+
+
+def _task_vector_call(base, others, *, weight, density, normalize, rescale, rescale_mode, lambda_,
+                      int8_mask, gamma=None, epsilon=None, generators=None, sparsify=None, consensus=None):
+    if rescale_mode not in ("l1", "density"):
+        raise ModelGlueError(f"parameter 'rescale_mode' must be 'l1' or 'density', got {rescale_mode!r}")
+    if epsilon is not None:
+        for d, e in zip(density, epsilon):
+            if d < 1 and not (0 < d - e and d + e < 1):
+                raise ModelGlueError(f"della needs 0 < density - epsilon and density + epsilon < 1 (density {d:g}, epsilon {e:g})")
+    return task_vector_merge(
+        base, others, weight, density, sparsify=sparsify, consensus=consensus, normalize=normalize,
+        rescale=rescale_mode if rescale else None, lambda_=lambda_, gamma=gamma, epsilon=epsilon,
+        generators=generators)
+
+
+for _args in (
+    ("task_arithmetic", None, None, False, False, "base + lambda * sum w_i (theta_i - base).", "https://arxiv.org/abs/2212.04089"),
+    ("ties", "magnitude", "sum", True, False, "Trim to top-density magnitudes, elect signs, disjoint mean.", "https://arxiv.org/abs/2306.01708"),
+    ("dare_ties", "random", "sum", False, True, "Random drop-and-rescale of task vectors, then TIES sign election.", "https://arxiv.org/abs/2311.03099"),
+    ("dare_linear", "random", None, False, True, "Random drop-and-rescale of task vectors, then a weighted sum.", "https://arxiv.org/abs/2311.03099"),
+    ("breadcrumbs", "magnitude_outliers", None, False, False, "Drop outliers and small entries of task vectors.", "https://arxiv.org/abs/2312.06795"),
+    ("breadcrumbs_ties", "magnitude_outliers", "sum", False, False, "Breadcrumbs with TIES sign election.", "https://arxiv.org/abs/2312.06795"),
+    ("della", "della", "sum", True, True, "Magnitude-ranked random pruning (DELLA) with TIES sign election.", "https://arxiv.org/abs/2406.11617"),
+    ("della_linear", "della", None, False, True, "Magnitude-ranked random pruning (DELLA), weighted sum.", "https://arxiv.org/abs/2406.11617"),
+):
+    register(_task_vector_method(*_args))
+del _args
+
+__all__ = ["MergeMethod", "Param", "REGISTRY", "get_method", "register"]

@@ -1,0 +1,157 @@
+"""Task-vector merges: task arithmetic, TIES, DARE, breadcrumbs, DELLA.
+
+All share one formula over task vectors d_i = theta_i - base:
+
+    d_i'  = sparsify(d_i)                       (none | top-k | random | outliers | della)
+    m     = elect(w_i d_i')                      (TIES sign election, or keep all)
+    out   = base + lambda * sum_i m_i w_i d_i' / (sum_i m_i w_i  if normalize else 1)
+
+The named methods differ only in which sparsifier and consensus they use and in their
+defaults (mergekit 0.1.5's), declared in methods/__init__.py.
+"""
+from __future__ import annotations
+
+import torch
+
+
+# ---------------------------------------------------------------- sparsifiers (keep masks)
+
+
+def _rescale(delta: torch.Tensor, mask: torch.Tensor, rescale: str | None, density: float) -> torch.Tensor:
+    """Masked delta, rescaled: 'l1' matches the L1 norm of the original (mergekit's
+    default), 'density' divides by the keep rate (the DARE paper's 1/p)."""
+    kept = delta * mask
+    if rescale == "density":
+        return kept / density if density > 0 else kept
+    if rescale == "l1":
+        before, after = delta.abs().sum(), kept.abs().sum()
+        if before >= 1e-7 and after >= 1e-7:
+            return kept * (before / after)
+    return kept
+
+
+def magnitude(delta: torch.Tensor, density: float, rescale: str | None = None, **_) -> torch.Tensor:
+    """TIES trim: keep the top `density` fraction of entries by magnitude (at least one)."""
+    if density >= 1:
+        return delta
+    if density <= 0 or delta.numel() == 0:
+        return torch.zeros_like(delta)
+    k = max(1, int(density * delta.numel()))
+    order = torch.argsort(delta.abs().reshape(-1).float(), descending=True)
+    mask = torch.zeros(delta.numel(), dtype=delta.dtype)
+    mask[order[:k]] = 1
+    return _rescale(delta, mask.reshape(delta.shape), rescale, density)
+
+
+def magnitude_outliers(delta: torch.Tensor, density: float, rescale: str | None = None,
+                       gamma: float = 0.01, **_) -> torch.Tensor:
+    """Breadcrumbs: drop the top `gamma` fraction (outliers) and the smallest entries,
+    keeping `density` of them; the outlier cut shrinks if needed to keep the density."""
+    if density >= 1:
+        return delta
+    n = delta.numel()
+    keep, n_top = int(density * n), int(gamma * n)
+    n_bottom = max(0, n - keep - n_top)
+    order = torch.argsort(delta.abs().reshape(-1).float(), descending=False)
+    mask = torch.zeros(n, dtype=delta.dtype)
+    mask[order[n_bottom:n_bottom + keep]] = 1
+    return _rescale(delta, mask.reshape(delta.shape), rescale, density)
+
+
+def random_drop(delta: torch.Tensor, density: float, rescale: str | None = None,
+                generator: torch.Generator | None = None, **_) -> torch.Tensor:
+    """DARE: keep each entry with probability `density` (seeded)."""
+    if density >= 1:
+        return delta
+    work = delta.float() if delta.dtype == torch.float16 else delta  # no fp16 bernoulli on CPU
+    mask = torch.bernoulli(torch.full_like(work, density), generator=generator)
+    return _rescale(work, mask, rescale, density).to(delta.dtype)
+
+
+def della_magprune(delta: torch.Tensor, density: float, rescale: str | None = None,
+                   epsilon: float = 0.15, generator: torch.Generator | None = None, **_) -> torch.Tensor:
+    """DELLA: keep probabilities rise linearly with magnitude rank (per row) from
+    density - epsilon to density + epsilon, then drop at random (seeded)."""
+    if density >= 1:
+        return delta
+    if density <= 0:
+        return torch.zeros_like(delta)
+    work = delta.float() if delta.dtype == torch.float16 else delta
+    rows = work.unsqueeze(0) if work.dim() < 2 else work
+    ranks = rows.abs().argsort(dim=1).argsort(dim=1).to(rows.dtype) + 1
+    lo, hi = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
+    rank01 = ((ranks - lo) / (hi - lo)).clamp(0, 1)
+    probs = (density - epsilon) + rank01 * 2 * epsilon
+    mask = torch.bernoulli(probs, generator=generator)
+    return _rescale(rows, mask, rescale, density).reshape(delta.shape).to(delta.dtype)
+
+
+SPARSIFIERS = {
+    "magnitude": magnitude,
+    "magnitude_outliers": magnitude_outliers,
+    "random": random_drop,
+    "della": della_magprune,
+}
+
+
+# ---------------------------------------------------------------- consensus
+
+
+def sign_election_mask(weighted_deltas: torch.Tensor, method: str = "sum") -> torch.Tensor:
+    """TIES: elect a sign per entry (sign of the summed, or the majority of, weighted task
+    vectors; ties go to +) and keep only the entries that agree with it."""
+    signs = weighted_deltas.sign()
+    if method == "sum":
+        elected = (weighted_deltas.sum(dim=0) >= 0).to(signs.dtype) * 2 - 1
+    else:  # "count"
+        elected = (signs.sum(dim=0) >= 0).to(signs.dtype) * 2 - 1
+    return signs == elected
+
+
+# ---------------------------------------------------------------- the merge
+
+
+def task_vector_merge(
+    base: torch.Tensor,
+    others: list[torch.Tensor],
+    weight: list[float],
+    density: list[float] | None = None,
+    *,
+    sparsify: str | None = None,
+    consensus: str | None = None,
+    normalize: bool = False,
+    rescale: str | None = None,
+    lambda_: float = 1.0,
+    gamma: list[float] | None = None,
+    epsilon: list[float] | None = None,
+    generators: list[torch.Generator] | None = None,
+) -> torch.Tensor:
+    """base + lambda * (elected, weighted, sparsified task vectors), see the module doc."""
+    if not others:
+        return base
+    deltas = torch.empty((len(others), *base.shape), dtype=base.dtype)
+    for i, theta in enumerate(others):
+        d = theta - base
+        if sparsify:
+            d = SPARSIFIERS[sparsify](
+                d, density[i] if density else 1.0, rescale,
+                gamma=gamma[i] if gamma else 0.01, epsilon=epsilon[i] if epsilon else 0.15,
+                generator=generators[i] if generators else None,
+            )
+        deltas[i] = d
+    w = torch.tensor(weight, dtype=deltas.dtype).reshape(-1, *([1] * base.dim()))
+    deltas.mul_(w)
+    if consensus:
+        mask = sign_election_mask(deltas, consensus).to(deltas.dtype)
+        mixed = (deltas * mask).sum(dim=0)
+        divisor = (w * mask).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = deltas.sum(dim=0)
+        divisor = w.sum(dim=0)
+        divisor[divisor.abs() < 1e-8] = 1
+    if normalize:
+        mixed /= divisor
+    if lambda_ != 1:
+        mixed *= lambda_
+    return (base + mixed).to(base.dtype)

@@ -1,0 +1,285 @@
+"""Merge recipes: the mergekit YAML schema, accepted unchanged and validated up front.
+
+A recipe names a merge_method, the inputs (`models:` or `slices:`), optional
+`base_model`, `parameters`, `dtype`, `out_dtype` and `tokenizer_source`. A parameter
+value may be a scalar, a gradient (a list interpolated across the layers of a slice),
+or a list of `{filter, value}` conditions matched as substrings of tensor names, first
+match wins; lookups go from the model's own parameters to the slice's to the recipe's.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modelglue.errors import ModelGlueError
+from modelglue.methods import REGISTRY, get_method
+
+TOP_LEVEL_KEYS = {
+    "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
+    "tokenizer_source", "tokenizer", "chat_template", "name", "modules",
+}
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
+               "bfloat16": "bfloat16", "bf16": "bfloat16", "float64": "float64", "float": "float32"}
+
+
+@dataclass
+class SliceSource:
+    model: Path
+    layer_range: tuple[int, int] | None  # None: all layers (the `models:` form)
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OutputSlice:
+    sources: list[SliceSource]
+    base_model: Path | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Recipe:
+    """A validated recipe; model paths are resolved, nothing has been read yet."""
+
+    merge_method: str
+    slices: list[OutputSlice]
+    base_model: Path | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    dtype: str | None = None
+    out_dtype: str | None = None
+    tokenizer_source: str | Path | None = None  # 'base', a model path, or None (the base / first model)
+    uses_models_form: bool = False
+    raw: dict = field(default_factory=dict)  # the recipe as written, saved next to the output
+
+    def models(self) -> list[Path]:
+        """Every model the recipe reads, base first, without duplicates."""
+        seen: list[Path] = [self.base_model] if self.base_model else []
+        for s in self.slices:
+            for src in s.sources:
+                if src.model not in seen:
+                    seen.append(src.model)
+            if s.base_model and s.base_model not in seen:
+                seen.append(s.base_model)
+        return seen
+
+
+def load_recipe(source: str | Path | dict, *, base_dir: Path | None = None) -> Recipe:
+    """Parse a recipe from a YAML file, a YAML string, or a dict, and validate it."""
+    if isinstance(source, dict):
+        raw, where = copy.deepcopy(source), "recipe"
+    else:
+        path = Path(source)
+        text = None
+        if isinstance(source, str) and ("\n" in source or ":" in source) and not path.exists():
+            text, where = source, "recipe"
+        else:
+            if not path.exists():
+                raise ModelGlueError(f"{path}: recipe file not found")
+            try:
+                text = path.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ModelGlueError(f"{path}: cannot read recipe ({exc})") from None
+            where = str(path)
+            base_dir = base_dir or path.parent
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ModelGlueError(f"{where}: YAML syntax error{at}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ModelGlueError(f"{where}: a recipe must be a mapping with at least 'merge_method'")
+    return _validate(raw, where, base_dir)
+
+
+def _validate(raw: dict, where: str, base_dir: Path | None) -> Recipe:
+    unknown = sorted(set(map(str, raw)) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise ModelGlueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(TOP_LEVEL_KEYS))})")
+    if "merge_method" not in raw:
+        raise ModelGlueError(f"{where}: missing key 'merge_method'")
+    method = get_method(raw["merge_method"])
+    for key in ("modules", "tokenizer"):
+        if raw.get(key) is not None:
+            raise ModelGlueError(f"{where}: key {key!r} is not supported yet (use 'slices' / 'tokenizer_source')")
+    has_models, has_slices = raw.get("models") is not None, raw.get("slices") is not None
+    if has_models == has_slices:
+        raise ModelGlueError(f"{where}: give exactly one of 'models' or 'slices'")
+
+    def model_path(value: Any, key: str) -> Path:
+        if isinstance(value, dict) and "model" in value:  # mergekit also accepts {model: ...}
+            value = value["model"]
+        if not isinstance(value, str) or not value.strip():
+            raise ModelGlueError(f"{where}: {key} must be a model directory path, got {value!r}")
+        p = Path(value).expanduser()
+        if not p.is_absolute() and not p.exists() and base_dir is not None and (base_dir / p).exists():
+            p = base_dir / p  # mergekit resolves against the working directory; fall back to the recipe's
+        if not p.exists():
+            hint = " (LoRA '+' references are not supported)" if "+" in value else (
+                " (modelglue reads local directories only; download the model first)" if value.count("/") == 1 else "")
+            raise ModelGlueError(f"{where}: {key}: model directory {value!r} not found{hint}")
+        return p
+
+    def params(value: Any, key: str) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ModelGlueError(f"{where}: {key} must be a mapping of parameter names to values")
+        for name, setting in value.items():
+            _check_param_name(method.name, str(name), f"{where}: {key}.{name}")
+            _check_setting_shape(setting, f"{where}: {key}.{name}")
+        return dict(value)
+
+    base = model_path(raw["base_model"], "base_model") if raw.get("base_model") is not None else None
+    slices: list[OutputSlice] = []
+    if has_models:
+        models = raw["models"]
+        if not isinstance(models, list) or not models:
+            raise ModelGlueError(f"{where}: 'models' must be a non-empty list")
+        sources = []
+        for i, m in enumerate(models):
+            if isinstance(m, str):
+                m = {"model": m}
+            if not isinstance(m, dict) or "model" not in m:
+                raise ModelGlueError(f"{where}: models[{i}] must be a mapping with a 'model' key")
+            extra = set(m) - {"model", "parameters"}
+            if extra:
+                raise ModelGlueError(f"{where}: models[{i}]: unknown key {sorted(extra)[0]!r}")
+            sources.append(SliceSource(model_path(m["model"], f"models[{i}].model"), None,
+                                       params(m.get("parameters"), f"models[{i}].parameters")))
+        paths = [s.model.resolve() for s in sources]
+        dup = next((p for p in paths if paths.count(p) > 1), None)
+        if dup is not None:
+            raise ModelGlueError(f"{where}: model {dup} is listed twice in 'models'")
+        if base is not None and base.resolve() not in paths:
+            sources.append(SliceSource(base, None, {}))  # as mergekit: the base joins the inputs
+        slices.append(OutputSlice(sources))
+    else:
+        if not isinstance(raw["slices"], list) or not raw["slices"]:
+            raise ModelGlueError(f"{where}: 'slices' must be a non-empty list")
+        for i, s in enumerate(raw["slices"]):
+            key = f"slices[{i}]"
+            if not isinstance(s, dict) or not isinstance(s.get("sources"), list) or not s["sources"]:
+                raise ModelGlueError(f"{where}: {key} must be a mapping with a non-empty 'sources' list")
+            extra = set(s) - {"sources", "base_model", "parameters", "residual_weight"}
+            if extra:
+                raise ModelGlueError(f"{where}: {key}: unknown key {sorted(extra)[0]!r}")
+            sources = []
+            for j, src in enumerate(s["sources"]):
+                k = f"{key}.sources[{j}]"
+                if not isinstance(src, dict) or "model" not in src:
+                    raise ModelGlueError(f"{where}: {k} must be a mapping with 'model' and 'layer_range'")
+                extra = set(src) - {"model", "layer_range", "parameters"}
+                if extra:
+                    raise ModelGlueError(f"{where}: {k}: unknown key {sorted(extra)[0]!r}")
+                lr = src.get("layer_range")
+                if not (isinstance(lr, list) and len(lr) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in lr)
+                        and 0 <= lr[0] < lr[1]):
+                    raise ModelGlueError(f"{where}: {k}.layer_range must be [start, end) with 0 <= start < end, got {lr!r}")
+                sources.append(SliceSource(model_path(src["model"], f"{k}.model"), (lr[0], lr[1]),
+                                           params(src.get("parameters"), f"{k}.parameters")))
+            lengths = {s_.layer_range[1] - s_.layer_range[0] for s_ in sources}  # type: ignore[index]
+            if len(lengths) != 1:
+                raise ModelGlueError(f"{where}: {key}: all sources of a slice must span the same number of layers")
+            sbase = model_path(s["base_model"], f"{key}.base_model") if s.get("base_model") else None
+            slices.append(OutputSlice(sources, sbase, params(s.get("parameters"), f"{key}.parameters")))
+
+    for s in slices:
+        b = s.base_model or base
+        names = [src.model.resolve() for src in s.sources]
+        n = len(names)
+        if method.needs_base and (b is None or b.resolve() not in names):
+            raise ModelGlueError(f"{where}: merge_method {method.name!r} needs a base_model that is one of the inputs")
+        if n < method.min_inputs or (method.max_inputs is not None and n > method.max_inputs):
+            want = (f"exactly {method.min_inputs}" if method.min_inputs == method.max_inputs
+                    else f"at most {method.max_inputs}" if method.max_inputs else f"at least {method.min_inputs}")
+            raise ModelGlueError(f"{where}: merge_method {method.name!r} takes {want} input model(s) per slice, got {n}")
+
+    tok = raw.get("tokenizer_source")
+    if tok is not None and tok not in ("base",):
+        if tok == "union":
+            raise ModelGlueError(f"{where}: tokenizer_source 'union' is not supported (the inputs must share a vocabulary)")
+        tok = model_path(tok, "tokenizer_source")
+    return Recipe(
+        merge_method=method.name, slices=slices, base_model=base,
+        parameters=params(raw.get("parameters"), "parameters"),
+        dtype=_dtype(raw.get("dtype"), "dtype", where), out_dtype=_dtype(raw.get("out_dtype"), "out_dtype", where),
+        tokenizer_source=tok, uses_models_form=has_models, raw=raw,
+    )
+
+
+def _dtype(value: Any, key: str, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.lower() not in DTYPE_NAMES:
+        raise ModelGlueError(f"{where}: {key} {value!r} is not one of float32, float16, bfloat16, float64")
+    return DTYPE_NAMES[value.lower()]
+
+
+def _check_param_name(method: str, name: str, where: str) -> None:
+    if get_method(method).param(name) is not None:
+        return
+    known_elsewhere = any(m.param(name) for m in REGISTRY.values())
+    if known_elsewhere:  # e.g. a leftover `density` after switching ties -> linear: mergekit ignores it too
+        print(f"warning: {where}: parameter {name!r} is not used by {method!r}; ignored", file=sys.stderr)
+        return
+    import difflib
+
+    all_names = sorted({p.name for m in REGISTRY.values() for p in m.params})
+    close = difflib.get_close_matches(name, all_names, n=1)
+    raise ModelGlueError(f"{where}: unknown parameter {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+
+
+def _check_setting_shape(setting: Any, where: str) -> None:
+    scalar = (bool, int, float, str)
+    if isinstance(setting, scalar) or setting is None:
+        return
+    if isinstance(setting, dict):
+        setting = [setting]
+    if isinstance(setting, list):
+        if not setting:
+            raise ModelGlueError(f"{where}: empty list")
+        if all(isinstance(e, scalar) for e in setting):
+            return
+        for cond in setting:
+            if not isinstance(cond, dict) or "value" not in cond or set(cond) - {"value", "filter"}:
+                raise ModelGlueError(f"{where}: conditions must be mappings with 'value' and optional 'filter'")
+            _check_setting_shape(cond["value"], where)
+        return
+    raise ModelGlueError(f"{where}: unsupported value {setting!r}")
+
+
+def evaluate_setting(setting: Any, tensor_name: str, t: float) -> Any:
+    """Resolve filters and gradients: the mergekit rules, in one place.
+
+    A numeric list is a gradient sampled at t in [0, 1] with linear interpolation; a
+    non-numeric list picks an element; conditions match `filter` as a substring of the
+    tensor name (None or '*' match everything), first match wins; None means unset.
+    """
+    if isinstance(setting, dict):
+        setting = [setting]
+    if not isinstance(setting, list):
+        return setting
+    if all(isinstance(e, (bool, int, float, str)) for e in setting):
+        if not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in setting):
+            return setting[int(t * (len(setting) - 1))]
+        scaled = t * (len(setting) - 1)
+        i0 = int(math.floor(scaled))
+        i1 = min(len(setting) - 1, i0 + 1)
+        frac = scaled - i0
+        return (1 - frac) * setting[i0] + frac * setting[i1]
+    for cond in setting:
+        f = cond.get("filter")
+        if f is None or f == "*" or (tensor_name and f in tensor_name):
+            return evaluate_setting(cond["value"], tensor_name, t)
+    return None
+
+
+def recipe_to_yaml(raw: dict) -> str:
+    return yaml.safe_dump(raw, sort_keys=False)
