@@ -1,0 +1,153 @@
+"""Each merge method against its formula, computed independently in numpy (float64)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from modelglue.errors import ModelGlueError
+from modelglue.methods import REGISTRY, get_method
+from modelglue.methods.basic import linear, model_stock, passthrough, slerp
+from modelglue.methods.task_vectors import magnitude, magnitude_outliers, random_drop, task_vector_merge
+
+rng = np.random.default_rng(0)
+BASE = rng.normal(size=(16, 12))
+FTS = [BASE + 0.1 * rng.normal(size=BASE.shape) for _ in range(3)]
+T = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+
+
+def close(a: torch.Tensor, b: np.ndarray, tol: float = 1e-5) -> None:
+    np.testing.assert_allclose(a.double().numpy(), b, atol=tol, rtol=0)
+
+
+def test_registry_has_every_required_method():
+    required = {"linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs",
+                "breadcrumbs_ties", "della", "della_linear", "model_stock", "passthrough"}
+    assert required <= set(REGISTRY)
+
+
+def test_unknown_method_suggests_a_name():
+    with pytest.raises(ModelGlueError, match="did you mean 'ties'"):
+        get_method("tie")
+
+
+def test_linear_normalized_and_not():
+    w = [0.2, 0.3, 0.9]
+    expected = sum(wi * f for wi, f in zip(w, FTS))
+    close(linear([T(f) for f in FTS], w, normalize=False), expected)
+    close(linear([T(f) for f in FTS], w, normalize=True), expected / sum(w))
+
+
+def _slerp_reference(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    va, vb = a.ravel(), b.ravel()
+    cos = np.dot(va / np.linalg.norm(va), vb / np.linalg.norm(vb))
+    omega = np.arccos(np.clip(cos, -1, 1))
+    out = (np.sin((1 - t) * omega) * va + np.sin(t * omega) * vb) / np.sin(omega)
+    return out.reshape(a.shape)
+
+
+@pytest.mark.parametrize("t", [0.0, 0.3, 0.5, 1.0])
+def test_slerp_matches_formula(t):
+    other = rng.normal(size=BASE.shape)  # far from colinear
+    close(slerp(T(BASE), [T(other)], t), _slerp_reference(BASE, other, t))
+
+
+def test_slerp_colinear_falls_back_to_lerp():
+    out = slerp(T(BASE), [T(2 * BASE)], 0.25)
+    close(out, 0.75 * BASE + 0.25 * 2 * BASE)
+
+
+def test_task_arithmetic():
+    w, lam = [0.5, 1.0, -0.3], 0.7
+    expected = BASE + lam * sum(wi * (f - BASE) for wi, f in zip(w, FTS))
+    close(task_vector_merge(T(BASE), [T(f) for f in FTS], w, lambda_=lam), expected)
+
+
+def _trim(d: np.ndarray, density: float) -> np.ndarray:
+    k = max(1, int(density * d.size))
+    thresh_idx = np.argsort(-np.abs(d).ravel(), kind="stable")[:k]
+    mask = np.zeros(d.size)
+    mask[thresh_idx] = 1
+    return d * mask.reshape(d.shape)
+
+
+def test_ties_matches_trim_elect_disjoint_mean():
+    w, dens = [1.0, 0.5, 0.8], [0.5, 0.3, 0.7]
+    deltas = np.stack([wi * _trim(f - BASE, di) for wi, f, di in zip(w, FTS, dens)])
+    elected = np.where(deltas.sum(0) >= 0, 1.0, -1.0)
+    agree = np.sign(deltas) == elected
+    num = (deltas * agree).sum(0)
+    den = (np.array(w)[:, None, None] * agree).sum(0)
+    den[den == 0] = 1
+    expected = BASE + num / den
+    out = get_method("ties")([T(BASE)] + [T(f) for f in FTS], 0,
+                             {"normalize": True, "rescale": False, "rescale_mode": "l1", "lambda": 1.0, "int8_mask": False},
+                             [{}] + [{"weight": wi, "density": di} for wi, di in zip(w, dens)])
+    close(out, expected)
+
+
+def test_magnitude_keeps_top_density_fraction():
+    d = T(FTS[0] - BASE)
+    out = magnitude(d, 0.25)
+    kept = out != 0
+    assert int(kept.sum()) == int(0.25 * d.numel())
+    assert d.abs()[kept].min() >= d.abs()[~kept].max()
+
+
+def test_breadcrumbs_drops_outliers_and_small_values():
+    d = T(FTS[0] - BASE)
+    n = d.numel()
+    out = magnitude_outliers(d, density=0.5, gamma=0.1)
+    order = np.argsort(np.abs(d.numpy()).ravel())
+    n_top, keep = int(0.1 * n), int(0.5 * n)
+    n_bottom = n - keep - n_top
+    expected = np.zeros(n)
+    idx = order[n_bottom:n_bottom + keep]
+    expected[idx] = d.numpy().ravel()[idx]
+    close(out, expected.reshape(d.shape))
+
+
+def test_dare_is_seeded_keeps_density_and_rescales():
+    d = T(rng.normal(size=(200, 200)))
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    a, b = random_drop(d, 0.3, "density", generator=g1), random_drop(d, 0.3, "density", generator=g2)
+    assert torch.equal(a, b)
+    kept = a != 0
+    assert abs(kept.float().mean().item() - 0.3) < 0.01
+    close(a[kept], (d[kept] / 0.3).double().numpy())  # the DARE paper's 1/p rescale
+    l1 = random_drop(d, 0.3, "l1", generator=torch.Generator().manual_seed(1))
+    assert abs(l1.abs().sum().item() - d.abs().sum().item()) / d.abs().sum().item() < 1e-4  # mergekit's L1 rescale
+
+
+def test_della_keeps_large_magnitudes_more_often():
+    d = T(rng.normal(size=(64, 512)))
+    m = get_method("della")
+    out = m.fn(T(np.zeros((64, 512))), [d], weight=[1.0], density=[0.5], normalize=False, rescale=False,
+               rescale_mode="l1", lambda_=1.0, int8_mask=False, epsilon=[0.3],
+               generators=[torch.Generator().manual_seed(0)])
+    kept = (out != 0).double()
+    big = d.abs() > d.abs().median(dim=1, keepdim=True).values
+    assert kept[big].mean() > kept[~big].mean() + 0.15  # keep-probability rises with rank
+    assert abs(kept.mean().item() - 0.5) < 0.02
+
+
+def test_della_rejects_bad_epsilon():
+    m = get_method("della")
+    with pytest.raises(ModelGlueError, match="epsilon"):
+        m([T(BASE), T(FTS[0])], 0, {"normalize": True, "rescale": True, "rescale_mode": "l1", "lambda": 1.0, "int8_mask": False},
+          [{}, {"weight": 1.0, "density": 0.9, "epsilon": 0.2}], [torch.Generator()])
+
+
+def test_model_stock_formula():
+    offsets = [f - BASE for f in FTS]
+    cos = np.mean([np.dot(a.ravel(), b.ravel()) / np.linalg.norm(a) / np.linalg.norm(b)
+                   for i, a in enumerate(offsets) for b in offsets[i + 1:]])
+    k = len(FTS)
+    t = k * cos / (1 + (k - 1) * cos)
+    expected = t * np.mean(FTS, axis=0) + (1 - t) * BASE
+    close(model_stock(T(BASE), [T(f) for f in FTS]), expected)
+
+
+def test_passthrough_copies_and_scales():
+    close(passthrough([T(BASE)]), BASE)
+    close(passthrough([T(BASE)], [0.5]), 0.5 * BASE)
