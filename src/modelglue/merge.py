@@ -317,7 +317,7 @@ class _BackgroundWriter:
 
 def merge(recipe: str | Path | dict | Recipe, out_dir: str | Path, *, device: str = "cpu", seed: int | None = None,
           threads: int | None = None, shard_size: int | None = None, allow_pickle: bool = False,
-          overwrite: bool = False, progress: bool = False) -> Path:
+          overwrite: bool = False, progress: bool = False, fsync: bool = False) -> Path:
     """Merge as a recipe says and write a Hugging Face model directory at out_dir.
 
     Everything is validated before any tensor is read; the output is assembled in a
@@ -331,7 +331,7 @@ def merge(recipe: str | Path | dict | Recipe, out_dir: str | Path, *, device: st
     check_output_dir(out_dir, rec.models(), overwrite)
     plan = plan_merge(rec, seed=seed, allow_pickle=allow_pickle)
     with atomic_output_dir(out_dir) as tmp:
-        writer = ShardedWriter(tmp, plan.specs(), shard_size, metadata={"merged_by": "modelglue"})
+        writer = ShardedWriter(tmp, plan.specs(), shard_size, metadata={"merged_by": "modelglue"}, fsync=fsync)
         background = _BackgroundWriter(writer)
         try:
             execute(plan, DiskSource(plan.checkpoints), background, device=device, progress=progress)

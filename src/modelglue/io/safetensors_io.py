@@ -191,16 +191,19 @@ class ShardedWriter:
 
     Tensors must be written in the order of `specs`. Each shard's header is written when
     the shard is opened, data is appended at its precomputed offset, and `close()`
-    fsyncs everything and writes model.safetensors.index.json for multi-shard outputs.
+    writes model.safetensors.index.json for multi-shard outputs.
     """
 
     def __init__(self, out_dir: str | Path, specs: list[TensorSpec], shard_size: int | None = None,
-                 metadata: dict[str, str] | None = None):
+                 metadata: dict[str, str] | None = None, fsync: bool = False):
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)
             raise ModelGlueError(f"output tensor {dup!r} is produced twice (check slices and layer ranges)")
         self.out_dir = Path(out_dir)
+        # Process kills are covered by the atomic rename of the output directory; fsync
+        # adds power-loss durability at the disk's synced-write speed (opt-in).
+        self.fsync = fsync
         self.shards = plan_shards(specs, shard_size)
         self.files = shard_file_names(len(self.shards))
         self.metadata = {"format": "pt", **(metadata or {})}
@@ -230,7 +233,8 @@ class ShardedWriter:
     def _close_shard(self) -> None:
         if self._fh is not None:
             self._fh.flush()
-            os.fsync(self._fh.fileno())
+            if self.fsync:
+                os.fsync(self._fh.fileno())
             self._fh.close()
             self._fh = None
 

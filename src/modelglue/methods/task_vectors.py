@@ -30,6 +30,25 @@ def _rescale(delta: torch.Tensor, mask: torch.Tensor, rescale: str | None, densi
     return kept
 
 
+def smallest_mask(values: torch.Tensor, r: int) -> torch.Tensor:
+    """Boolean mask of the r smallest entries of a flat tensor, ties broken by index.
+
+    kthvalue finds the threshold in O(n), several times faster than the full argsort
+    mergekit does on large tensors (the embedding of a 0.5B model has 136M entries).
+    """
+    n = values.numel()
+    if r <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=values.device)
+    if r >= n:
+        return torch.ones(n, dtype=torch.bool, device=values.device)
+    threshold = torch.kthvalue(values.float(), r).values.to(values.dtype)
+    mask = values < threshold
+    missing = r - int(mask.sum())
+    if missing > 0:
+        mask[(values == threshold).nonzero().flatten()[:missing]] = True
+    return mask
+
+
 def magnitude(delta: torch.Tensor, density: float, rescale: str | None = None, **_) -> torch.Tensor:
     """TIES trim: keep the top `density` fraction of entries by magnitude (at least one)."""
     if density >= 1:
@@ -37,10 +56,8 @@ def magnitude(delta: torch.Tensor, density: float, rescale: str | None = None, *
     if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta)
     k = max(1, int(density * delta.numel()))
-    order = torch.argsort(delta.abs().reshape(-1).float(), descending=True)
-    mask = torch.zeros(delta.numel(), dtype=delta.dtype)
-    mask[order[:k]] = 1
-    return _rescale(delta, mask.reshape(delta.shape), rescale, density)
+    keep = ~smallest_mask(delta.abs().reshape(-1), delta.numel() - k)
+    return _rescale(delta, keep.reshape(delta.shape).to(delta.dtype), rescale, density)
 
 
 def magnitude_outliers(delta: torch.Tensor, density: float, rescale: str | None = None,
@@ -52,10 +69,9 @@ def magnitude_outliers(delta: torch.Tensor, density: float, rescale: str | None 
     n = delta.numel()
     keep, n_top = int(density * n), int(gamma * n)
     n_bottom = max(0, n - keep - n_top)
-    order = torch.argsort(delta.abs().reshape(-1).float(), descending=False)
-    mask = torch.zeros(n, dtype=delta.dtype)
-    mask[order[n_bottom:n_bottom + keep]] = 1
-    return _rescale(delta, mask.reshape(delta.shape), rescale, density)
+    mags = delta.abs().reshape(-1)
+    window = smallest_mask(mags, n_bottom + keep) & ~smallest_mask(mags, n_bottom)
+    return _rescale(delta, window.reshape(delta.shape).to(delta.dtype), rescale, density)
 
 
 def random_drop(delta: torch.Tensor, density: float, rescale: str | None = None,
