@@ -198,13 +198,14 @@ class TensorSource(Protocol):
 
 
 class DiskSource:
-    """Reads each input tensor from its checkpoint when asked (no cache)."""
+    """Reads each input tensor from its checkpoint when asked (no cache); into pinned
+    memory when the arithmetic runs on a GPU."""
 
-    def __init__(self, checkpoints: list[Checkpoint]):
-        self.checkpoints = checkpoints
+    def __init__(self, checkpoints: list[Checkpoint], pin_memory: bool = False):
+        self.checkpoints, self.pin_memory = checkpoints, pin_memory
 
     def get(self, model_index: int, name: str) -> torch.Tensor:
-        return self.checkpoints[model_index].get(name)
+        return self.checkpoints[model_index].get(name, pin_memory=self.pin_memory)
 
 
 class ResidentSource:
@@ -260,22 +261,44 @@ def execute(plan: Plan, source: TensorSource, sink: Callable[[TensorTask, torch.
     GIL), so disk, CPU and device work overlap; memory stays a few tensors' worth.
     """
     tasks = plan.tasks
-    fetch = lambda task: [source.get(m, n) for m, n in task.inputs]  # noqa: E731
+    on_gpu = device.startswith("cuda")
+    copy_stream = torch.cuda.Stream(device=device) if on_gpu else None
+
+    def fetch(task: TensorTask) -> tuple[list[torch.Tensor], Any]:
+        tensors = [source.get(m, n) for m, n in task.inputs]
+        if copy_stream is None or all(t.device.type == "cuda" for t in tensors):
+            return tensors, None
+        # Host-to-device copies on a side stream, so they overlap the previous tensor's kernels.
+        with torch.cuda.stream(copy_stream):
+            tensors = [t.to(device, non_blocking=True) for t in tensors]
+            done = torch.cuda.Event()
+            done.record(copy_stream)
+        return tensors, done
+
+    def run(task: TensorTask, fetched: tuple[list[torch.Tensor], Any]) -> None:
+        tensors, done = fetched
+        if done is not None:
+            main_stream = torch.cuda.current_stream(device)
+            main_stream.wait_event(done)
+            for t in tensors:  # memory made on the copy stream is now used on the main one
+                t.record_stream(main_stream)
+        sink(task, compute_tensor(plan, task, tensors, device))
+        bar.update()
+
     bar = tqdm(total=len(tasks), desc=desc, unit="tensor", disable=not progress, leave=False)
-    if prefetch <= 0:
-        for task in tasks:
-            sink(task, compute_tensor(plan, task, fetch(task), device))
-            bar.update()
-        bar.close()
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelglue-read") as reader:
-        pending: list[Future] = [reader.submit(fetch, t) for t in tasks[:prefetch]]
-        for i, task in enumerate(tasks):
-            inputs = pending.pop(0).result()
-            if i + prefetch < len(tasks):
-                pending.append(reader.submit(fetch, tasks[i + prefetch]))
-            sink(task, compute_tensor(plan, task, inputs, device))
-            bar.update()
+    try:
+        if prefetch <= 0:
+            for task in tasks:
+                run(task, fetch(task))
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelglue-read") as reader:
+            pending: list[Future] = [reader.submit(fetch, t) for t in tasks[:prefetch]]
+            for i, task in enumerate(tasks):
+                fetched = pending.pop(0).result()
+                if i + prefetch < len(tasks):
+                    pending.append(reader.submit(fetch, tasks[i + prefetch]))
+                run(task, fetched)
+    finally:
         bar.close()
 
 
@@ -303,7 +326,7 @@ class _BackgroundWriter:
     def __call__(self, task: TensorTask, tensor: torch.Tensor) -> None:
         if self.error is not None:
             raise self.error
-        self.q.put((task.name, tensor.to("cpu", non_blocking=False)))
+        self.q.put((task.name, tensor))  # a GPU result is copied back on the writer thread
 
     def finish(self) -> None:
         self.q.put(None)
@@ -334,7 +357,8 @@ def merge(recipe: str | Path | dict | Recipe, out_dir: str | Path, *, device: st
         writer = ShardedWriter(tmp, plan.specs(), shard_size, metadata={"merged_by": "modelglue"}, fsync=fsync)
         background = _BackgroundWriter(writer)
         try:
-            execute(plan, DiskSource(plan.checkpoints), background, device=device, progress=progress)
+            execute(plan, DiskSource(plan.checkpoints, pin_memory=device.startswith("cuda")), background,
+                    device=device, progress=progress)
         finally:
             background.finish()
         writer.close()

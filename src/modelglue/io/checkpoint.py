@@ -108,11 +108,12 @@ class Checkpoint:
             return t.numel() * t.element_size()
         return self._infos[self._check(name)].nbytes
 
-    def get(self, name: str) -> torch.Tensor:
-        """Read one tensor into owned memory."""
+    def get(self, name: str, pin_memory: bool = False) -> torch.Tensor:
+        """Read one tensor into owned memory (page-locked if pin_memory, for GPU copies)."""
         if self._pickled is not None:
-            return self._pickled[self._check(name)].clone()
-        return read_tensor(self._infos[self._check(name)])
+            t = self._pickled[self._check(name)]
+            return t.pin_memory() if pin_memory else t.clone()
+        return read_tensor(self._infos[self._check(name)], pin_memory)
 
     def _check(self, name: str) -> str:
         if name not in self:
@@ -162,27 +163,60 @@ def check_output_dir(out_dir: Path, inputs: list[Path], overwrite: bool) -> None
 def atomic_output_dir(out_dir: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces out_dir in one rename.
 
-    An interrupted or failed write leaves at most a hidden `.NAME.tmp-*` sibling, never a
-    directory at out_dir that looks complete.
+    An interrupted or failed write leaves at most a hidden `.NAME.tmp-PID-*` sibling, never
+    a directory at out_dir that looks complete. Siblings left by a process that no longer
+    runs (a SIGKILL, a power cut) are removed by the next write to the same out_dir. An
+    OSError while writing (disk full, read-only filesystem) becomes a one-line
+    ModelGlueError naming the file, after the temporary directory is removed.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_siblings(out_dir)
+        tmp.mkdir()
+    except OSError as exc:
+        raise ModelGlueError(f"{out_dir}: cannot create the output directory ({exc.strerror or exc})") from None
     try:
         yield tmp
         _fsync_dir(tmp)
         if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.replace(out_dir, old)
             os.replace(tmp, out_dir)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out_dir)
         _fsync_dir(out_dir.parent)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        name = str(exc.filename) if exc.filename else str(out_dir)
+        if name.startswith(str(tmp)):  # name the file as the user will know it
+            name = str(out_dir) + name[len(str(tmp)):]
+        raise ModelGlueError(f"{name}: cannot write ({exc.strerror or exc})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _remove_stale_siblings(out_dir: Path) -> None:
+    """Delete `.NAME.tmp-PID-*` / `.NAME.old-PID-*` siblings whose process is gone."""
+    prefix = f".{out_dir.name}."
+    for p in out_dir.parent.iterdir():
+        if not p.name.startswith(prefix):
+            continue
+        kind, _, rest = p.name[len(prefix):].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind not in ("tmp", "old") or not pid.isdigit() or not p.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running (another merge into the same place): leave it alone
+        except ProcessLookupError:
+            pass
+        except OSError:  # exists but not ours (EPERM): alive
+            continue
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:

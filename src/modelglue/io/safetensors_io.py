@@ -129,9 +129,10 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def read_tensor(info: TensorInfo) -> torch.Tensor:
-    """Read one tensor into fresh (owned, writable) memory with a positioned read."""
-    buf = torch.empty(info.nbytes, dtype=torch.uint8)
+def read_tensor(info: TensorInfo, pin_memory: bool = False) -> torch.Tensor:
+    """Read one tensor into fresh (owned, writable) memory with a positioned read.
+    pin_memory reads into page-locked memory, so a later copy to the GPU is asynchronous."""
+    buf = torch.empty(info.nbytes, dtype=torch.uint8, pin_memory=pin_memory)
     if info.nbytes:
         view = memoryview(buf.numpy()).cast("B")
         try:
