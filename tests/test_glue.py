@@ -1,0 +1,70 @@
+"""The whole Model-GLUE pipeline on the tiny demo zoo (glue --quick), and its config file."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from modelglue.errors import ModelGlueError
+from modelglue.glue import demo_config, load_glue_config, run_glue
+
+
+@pytest.fixture(scope="module")
+def glued(tiny_zoo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("glue") / "out"
+    cfg = demo_config(tiny_zoo, out, quick=True)
+    return cfg, run_glue(cfg, quiet=True)
+
+
+def test_glue_quick_report_and_final_model(glued):
+    cfg, results = glued
+    out = cfg.out_dir
+    kinds = {e["kind"] for e in results["entries"]}
+    assert {"single", "uniform-merge", "merge-all", "model-glue"} <= kinds
+    assert len([e for e in results["entries"] if e["kind"] == "single"]) == len(cfg.models)
+    # the families come out as clusters: family C (another architecture) is alone
+    assert any(len(c) == 1 and Path(c[0]).name.startswith("c_") for c in results["clusters"])
+    for name in ("report.md", "report.html", "results.json", "results.png"):
+        assert (out / name).stat().st_size > 0
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3  # heatmap, dendrogram, convergence, results
+    assert "Model-GLUE" in (out / "report.md").read_text()
+    # the final model is a real model: loads with transformers after `import modelglue`, and scores
+    import modelglue  # noqa: F401  (registers the mixture classes)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert sum(p.numel() for p in model.parameters()) > 0
+    final = next(e for e in results["entries"] if e["kind"] == "model-glue")
+    assert 0.0 <= final["test_mean"] <= 1.0 and set(final["test"]) == set(results["tasks"])
+
+
+def test_glue_final_model_beats_merge_everything(glued):
+    _, results = glued
+    by = {e["kind"]: e for e in results["entries"]}
+    assert by["model-glue"]["test_mean"] > by["merge-all"]["test_mean"]
+
+
+def test_glue_rerun_reuses_finished_steps(glued):
+    cfg, first = glued
+    again = run_glue(cfg, quiet=True)
+    assert all(s["scored_now"] == 0 for s in again["searches"])  # journals answer every candidate
+    assert [e["test"] for e in again["entries"]] == [e["test"] for e in first["entries"]]
+
+
+def test_glue_config_errors(tmp_path, tiny_zoo):
+    zoo = tmp_path / "zoo.yml"
+    zoo.write_text(f"models: [{tiny_zoo}]\ntasks: [add]\nbudgett: 3\n")
+    with pytest.raises(ModelGlueError, match="unknown key 'budgett'"):
+        load_glue_config(zoo, tmp_path / "out")
+    zoo.write_text("tasks: [add]\n")
+    with pytest.raises(ModelGlueError, match="missing key 'models'"):
+        load_glue_config(zoo, tmp_path / "out")
+    zoo.write_text(f"models: [{tiny_zoo}]\ntasks: [add]\nstrategies: [greedy]\n")
+    with pytest.raises(ModelGlueError, match="unknown strategy 'greedy'"):
+        load_glue_config(zoo, tmp_path / "out")
+    zoo.write_text(f"models: [{tiny_zoo}]\ntasks: add,rev\nbudget: 5\nrouters: hidden\n")
+    cfg = load_glue_config(zoo, tmp_path / "out")
+    assert cfg.tasks == ["add", "rev"] and cfg.budget == 5 and cfg.routers == ["hidden"]
+    assert len(cfg.models) == len(json.loads((tiny_zoo / "zoo.json").read_text())["models"])
