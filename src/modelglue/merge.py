@@ -147,7 +147,8 @@ class _Planner:
             dtypes.append(ck.dtype(name))
         if len(set(shapes)) > 1:
             detail = ", ".join(f"{src.model.name}: {list(sh)}" for (src, _), sh in zip(inputs, shapes))
-            vocab = " (different vocabularies)" if tensor_role(out_name).kind in ("pre", "post") else ""
+            vocab = " (different vocabularies)" if tensor_role(out_name).kind != "layer" and len({sh[0] for sh in shapes}) > 1 \
+                and len({sh[1:] for sh in shapes}) == 1 else ""
             raise ModelGlueError(f"shape mismatch for tensor {out_name!r}{vocab}: {detail}")
         base_index = None
         if self.method.needs_base:

@@ -72,13 +72,15 @@ def load_recipe(source: str | Path | dict, *, base_dir: Path | None = None) -> R
     """Parse a recipe from a YAML file, a YAML string, or a dict, and validate it."""
     if isinstance(source, dict):
         raw, where = copy.deepcopy(source), "recipe"
+    elif not isinstance(source, (str, Path)):
+        raise ModelGlueError(f"a recipe is a YAML file, YAML text or a mapping, not {type(source).__name__}")
     else:
         path = Path(source)
         text = None
-        if isinstance(source, str) and ("\n" in source or ":" in source) and not path.exists():
+        if isinstance(source, str) and ("\n" in source or ":" in source) and not _exists(path):
             text, where = source, "recipe"
         else:
-            if not path.exists():
+            if not _exists(path):
                 raise ModelGlueError(f"{path}: recipe file not found")
             try:
                 text = path.read_text()
@@ -92,10 +94,20 @@ def load_recipe(source: str | Path | dict, *, base_dir: Path | None = None) -> R
             mark = getattr(exc, "problem_mark", None)
             at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ModelGlueError(f"{where}: YAML syntax error{at}: {problem}") from None
+            kind = "unsupported YAML tag (recipes are plain YAML)" if isinstance(exc, yaml.constructor.ConstructorError) \
+                else "YAML syntax error"
+            raise ModelGlueError(f"{where}: {kind}{at}: {problem}") from None
     if not isinstance(raw, dict):
         raise ModelGlueError(f"{where}: a recipe must be a mapping with at least 'merge_method'")
     return _validate(raw, where, base_dir)
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists that says False (instead of raising) for names too long or with NUL bytes."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _validate(raw: dict, where: str, base_dir: Path | None) -> Recipe:
@@ -104,6 +116,8 @@ def _validate(raw: dict, where: str, base_dir: Path | None) -> Recipe:
         raise ModelGlueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(TOP_LEVEL_KEYS))})")
     if "merge_method" not in raw:
         raise ModelGlueError(f"{where}: missing key 'merge_method'")
+    if not isinstance(raw["merge_method"], str):
+        raise ModelGlueError(f"{where}: merge_method must be a method name, got {raw['merge_method']!r}")
     method = get_method(raw["merge_method"])
     for key in ("modules", "tokenizer"):
         if raw.get(key) is not None:
@@ -134,6 +148,8 @@ def _validate(raw: dict, where: str, base_dir: Path | None) -> Recipe:
         for name, setting in value.items():
             _check_param_name(method.name, str(name), f"{where}: {key}.{name}")
             _check_setting_shape(setting, f"{where}: {key}.{name}")
+            if (param := method.param(str(name))) is not None:  # types and ranges, before any file is read
+                _check_setting_values(param, setting, f"{where}: {key}.{name}")
         return dict(value)
 
     base = model_path(raw["base_model"], "base_model") if raw.get("base_model") is not None else None
@@ -234,6 +250,21 @@ def _check_param_name(method: str, name: str, where: str) -> None:
     all_names = sorted({p.name for m in REGISTRY.values() for p in m.params})
     close = difflib.get_close_matches(name, all_names, n=1)
     raise ModelGlueError(f"{where}: unknown parameter {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+
+
+def _check_setting_values(param: Any, setting: Any, where: str) -> None:
+    """Every value a setting can resolve to (scalars, gradient points, condition values)
+    must pass the parameter's type and range check: interpolating in-range gradient points
+    stays in range, so checking the points is enough."""
+    if setting is None:
+        return
+    if isinstance(setting, dict):
+        setting = [setting]
+    if isinstance(setting, list):
+        for e in setting:
+            _check_setting_values(param, e.get("value") if isinstance(e, dict) else e, where)
+        return
+    param.check(setting, where)
 
 
 def _check_setting_shape(setting: Any, where: str) -> None:

@@ -5,8 +5,10 @@ import json
 import os
 import shutil
 import uuid
+import warnings
+import zipfile
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 import torch
@@ -46,13 +48,22 @@ class Checkpoint:
         if index.exists():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-                files = sorted({self.path / f for f in weight_map.values()})
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                names = set(weight_map.values())
+                if not all(isinstance(n, str) for n in names):
+                    raise TypeError
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
                 raise ModelGlueError(f"{index}: corrupt index (expected a JSON object with a weight_map)") from None
+            except OSError as exc:
+                raise ModelGlueError(f"{index}: cannot read ({exc.strerror or exc})") from None
+            for name in sorted(names):
+                # Police the names, not where they resolve: the Hugging Face cache keeps shards
+                # as symlinks into ../../blobs, and those are the user's own files.
+                parts = PurePosixPath(name).parts if "\\" not in name else None
+                if not parts or parts[0] == "/" or ".." in parts or "\x00" in name:
+                    raise ModelGlueError(f"{index}: shard {name!r} lies outside the model directory")
+            files = sorted(self.path / n for n in names)
             for f in files:
-                if not f.resolve().is_relative_to(self.path.resolve()):
-                    raise ModelGlueError(f"{index}: shard {f.name!r} lies outside the model directory")
-                if not f.exists():
+                if not f.is_file():
                     raise ModelGlueError(f"{index}: shard {f.name} is missing")
         else:
             files = sorted(self.path.glob("*.safetensors"))
@@ -75,9 +86,15 @@ class Checkpoint:
             self._pickled = {}
             for f in pickles:
                 try:
-                    state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+                    # mmap needs the zip format; legacy (pre-1.6) pickles are read whole, still weights_only
+                    with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says enough
+                        warnings.simplefilter("ignore")
+                        state = torch.load(f, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(f))
                 except Exception as exc:  # torch raises UnpicklingError and others
-                    raise ModelGlueError(f"{f}: refused or unreadable pickle ({str(exc).splitlines()[0]})") from None
+                    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+                    # torch's first line suggests weights_only=False; the useful one names the global or opcode
+                    why = next((ln for key in ("GLOBAL", "Unsupported") for ln in lines if key in ln), lines[0])
+                    raise ModelGlueError(f"{f}: refused or unreadable pickle ({why})") from None
                 if not isinstance(state, dict):
                     raise ModelGlueError(f"{f}: expected a state dict")
                 self._pickled.update(state)
@@ -190,10 +207,17 @@ def atomic_output_dir(out_dir: str | Path) -> Iterator[Path]:
         _fsync_dir(out_dir.parent)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        name = str(exc.filename) if exc.filename else str(out_dir)
-        if name.startswith(str(tmp)):  # name the file as the user will know it
-            name = str(out_dir) + name[len(str(tmp)):]
-        raise ModelGlueError(f"{name}: cannot write ({exc.strerror or exc})") from None
+        names = [str(f) for f in (exc.filename2, exc.filename) if f]  # copyfile: filename2 is the target
+        ours = [n for n in names if n.startswith(str(tmp))]
+        if ours or not names:  # name the file as the user will know it, not the deleted temp dir
+            name = str(out_dir) + (ours[0][len(str(tmp)):] if ours else "")
+            raise ModelGlueError(f"{name}: cannot write ({exc.strerror or exc})") from None
+        raise ModelGlueError(f"{names[-1]}: {exc.strerror or exc}") from None
+    except ModelGlueError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if str(tmp) in str(exc):  # name the output as the user knows it, not the deleted temp dir
+            raise type(exc)(str(exc).replace(str(tmp), str(out_dir))) from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -94,7 +94,8 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]
         where = f"{path}: tensor {name!r}"
         if not isinstance(entry, dict) or set(entry) - {"dtype", "shape", "data_offsets"}:
             raise ModelGlueError(f"{where}: malformed header entry")
-        dtype = DTYPES.get(entry.get("dtype"))  # type: ignore[arg-type]
+        tag = entry.get("dtype")
+        dtype = DTYPES.get(tag) if isinstance(tag, str) else None  # a list or dict tag is unhashable
         if dtype is None:
             raise ModelGlueError(f"{where}: unsupported dtype {entry.get('dtype')!r}")
         shape, offsets = entry.get("shape"), entry.get("data_offsets")

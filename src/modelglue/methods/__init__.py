@@ -102,6 +102,8 @@ def register(method: MergeMethod) -> MergeMethod:
 
 
 def get_method(name: str) -> MergeMethod:
+    if not isinstance(name, str):
+        raise ModelGlueError(f"merge_method must be a method name, got {name!r}")
     try:
         return REGISTRY[name]
     except KeyError:
