@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import uuid
@@ -131,6 +132,20 @@ class Checkpoint:
             t = self._pickled[self._check(name)]
             return t.pin_memory() if pin_memory else t.clone()
         return read_tensor(self._infos[self._check(name)], pin_memory)
+
+    def info(self, name: str) -> TensorInfo | None:
+        """Where the tensor lies on disk (file, offset, size); None for pickle checkpoints."""
+        return None if self._pickled is not None else self._infos[self._check(name)]
+
+    def get_flat(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Elements [start, stop) of the flattened tensor, reading only those bytes
+        (so a tensor can be streamed in blocks of rows)."""
+        if self._pickled is not None:
+            return self._pickled[self._check(name)].reshape(-1)[start:stop].clone()
+        info = self._infos[self._check(name)]
+        item = info.nbytes // max(1, math.prod(info.shape))
+        part = TensorInfo(info.path, info.offset + start * item, (stop - start) * item, info.dtype, (stop - start,))
+        return read_tensor(part)
 
     def _check(self, name: str) -> str:
         if name not in self:

@@ -1,0 +1,148 @@
+"""Model fingerprints and compatibility groups, from headers and small files only.
+
+A fingerprint is everything that decides whether two checkpoints can be weight-merged
+at all: the architecture, the exact tensor names and shapes, and the tokenizer (the
+same embedding row must mean the same token). Models whose fingerprints differ in any
+of these fall into different compatibility groups; only a mixture can join them.
+No tensor data is read here.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from modelglue.arch import num_layers
+from modelglue.errors import ModelGlueError
+from modelglue.io import Checkpoint
+
+# Files that identify a tokenizer when tokenizer.json is absent (slow tokenizers).
+_TOKENIZER_FALLBACK_FILES = ("tokenizer.model", "vocab.json", "merges.txt", "vocab.txt")
+
+
+@dataclass(frozen=True)
+class ModelFingerprint:
+    """What one model is, as far as merging is concerned."""
+
+    path: str  # the directory as given
+    name: str  # short display name (directory name, made unique)
+    architecture: str  # config `architectures` joined with '+', or model_type
+    model_type: str
+    signature: str  # hash of the sorted (tensor name, shape) list; dtype deliberately excluded
+    tokenizer: str | None  # hash of the vocabulary (token -> id, added tokens); None if unknown
+    vocab_size: int | None
+    num_params: int
+    dtype: str  # dtype holding most parameters, e.g. "float32"; "mixed" details in dtypes
+    dtypes: dict[str, int]  # dtype -> parameter count
+    num_layers: int
+    hidden_size: int | None
+    num_tensors: int
+
+    @property
+    def compat_key(self) -> tuple:
+        """Models with equal keys can be weight-merged tensor by tensor.
+
+        An unknown tokenizer matches only another unknown one with the same vocab size:
+        we cannot prove it differs, and the shapes already agree."""
+        return (self.architecture, self.signature, self.tokenizer or f"unknown/{self.vocab_size}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def tokenizer_identity(model_dir: Path) -> str | None:
+    """A short hash of the vocabulary: tokenizer.json's `model.vocab` (+ merges, which
+    change how text splits) and its added tokens, canonicalised; else a hash of the raw
+    slow-tokenizer files; None when the directory holds no tokenizer at all.
+
+    Normalisers, templates and special-token roles are left out on purpose: they do not
+    change which embedding row a token id selects, which is what merging needs."""
+    tj = model_dir / "tokenizer.json"
+    h = hashlib.sha256()
+    if tj.is_file():
+        try:
+            data = json.loads(tj.read_text(encoding="utf-8"))
+            model = data.get("model") or {}
+            canon = {
+                "type": model.get("type"),
+                "vocab": model.get("vocab"),
+                "merges": model.get("merges"),
+                "added": sorted((t.get("id"), t.get("content")) for t in data.get("added_tokens") or []),
+            }
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as exc:
+            raise ModelGlueError(f"{tj}: unreadable tokenizer.json ({exc})") from None
+        h.update(json.dumps(canon, sort_keys=True, ensure_ascii=False).encode())
+        return h.hexdigest()[:16]
+    found = False
+    for name in _TOKENIZER_FALLBACK_FILES:
+        f = model_dir / name
+        if f.is_file():
+            h.update(name.encode())
+            h.update(f.read_bytes())
+            found = True
+    return h.hexdigest()[:16] if found else None
+
+
+def _vocab_size(config: dict) -> int | None:
+    for cfg in (config, config.get("text_config") or {}):
+        if isinstance(cfg.get("vocab_size"), int):
+            return cfg["vocab_size"]
+    return None
+
+
+def _architecture(config: dict) -> tuple[str, str]:
+    model_type = str(config.get("model_type") or "unknown")
+    archs = config.get("architectures")
+    if isinstance(archs, list) and archs:
+        return "+".join(map(str, archs)), model_type
+    return model_type, model_type
+
+
+def fingerprint(ckpt: Checkpoint, name: str | None = None, path: str | None = None) -> ModelFingerprint:
+    """Fingerprint an opened checkpoint (headers and config only)."""
+    names = ckpt.names()
+    sig = hashlib.sha256()
+    for n in sorted(names):
+        sig.update(f"{n}:{list(ckpt.shape(n))}\n".encode())
+    dtypes: Counter[str] = Counter()
+    for n in names:
+        dtypes[str(ckpt.dtype(n)).removeprefix("torch.")] += math.prod(ckpt.shape(n))
+    arch, model_type = _architecture(ckpt.config)
+    hidden = ckpt.config.get("hidden_size") or ckpt.config.get("n_embd") or ckpt.config.get("d_model")
+    return ModelFingerprint(
+        path=path if path is not None else str(ckpt.path),
+        name=name or ckpt.path.name,
+        architecture=arch,
+        model_type=model_type,
+        signature=sig.hexdigest()[:16],
+        tokenizer=tokenizer_identity(ckpt.path),
+        vocab_size=_vocab_size(ckpt.config),
+        num_params=sum(dtypes.values()),
+        dtype=dtypes.most_common(1)[0][0] if dtypes else "none",
+        dtypes=dict(dtypes),
+        num_layers=num_layers(ckpt.config, names),
+        hidden_size=hidden if isinstance(hidden, int) else None,
+        num_tensors=len(names),
+    )
+
+
+def compatibility_groups(fps: list[ModelFingerprint]) -> list[list[int]]:
+    """Indices of mutually weight-mergeable models, groups in order of first appearance."""
+    groups: dict[tuple, list[int]] = {}
+    for i, fp in enumerate(fps):
+        groups.setdefault(fp.compat_key, []).append(i)
+    return list(groups.values())
+
+
+def incompatibility_reason(a: ModelFingerprint, b: ModelFingerprint) -> str | None:
+    """Why two models cannot be weight-merged (None when they can), for the report."""
+    if a.architecture != b.architecture:
+        return f"architecture {a.architecture} vs {b.architecture}"
+    if a.signature != b.signature:
+        return "tensor names or shapes differ"
+    if a.compat_key[2] != b.compat_key[2]:
+        return "tokenizers differ"
+    return None
