@@ -81,7 +81,8 @@ def test_ties_matches_trim_elect_disjoint_mean():
     den[den == 0] = 1
     expected = BASE + num / den
     out = get_method("ties")([T(BASE)] + [T(f) for f in FTS], 0,
-                             {"normalize": True, "rescale": False, "rescale_mode": "l1", "lambda": 1.0, "int8_mask": False},
+                             {"normalize": True, "rescale": False, "rescale_mode": "l1", "lambda": 1.0, "int8_mask": False,
+                              "tie_order": "sort"},
                              [{}] + [{"weight": wi, "density": di} for wi, di in zip(w, dens)])
     close(out, expected)
 
@@ -151,3 +152,17 @@ def test_model_stock_formula():
 def test_passthrough_copies_and_scales():
     close(passthrough([T(BASE)]), BASE)
     close(passthrough([T(BASE)], [0.5]), 0.5 * BASE)
+
+
+def test_ties_at_the_trim_cut_follow_mergekit_sort_order_or_index():
+    # 6 entries, magnitudes 3,1,1,1,1,0: keeping 2 must pick one of four tied 1s
+    d = torch.tensor([3.0, 1.0, -1.0, 1.0, -1.0, 0.0])
+    by_index = magnitude(d, 2 / 6, tie_order="index")
+    assert by_index.tolist() == [3.0, 0.0, 0.0, 0.0, -1.0, 0.0]  # highest-index tie kept
+    by_sort = magnitude(d, 2 / 6, tie_order="sort")
+    expected = torch.zeros(6)
+    order = torch.argsort(d.abs(), descending=True)[:2]  # mergekit's choice
+    expected[order] = d[order]
+    assert torch.equal(by_sort, expected)
+    untied = torch.tensor([5.0, -4.0, 3.0, 0.5, -0.2, 0.1])
+    assert torch.equal(magnitude(untied, 0.5, tie_order="index"), magnitude(untied, 0.5, tie_order="sort"))

@@ -150,6 +150,9 @@ def _task_vector_method(name: str, sparsify: str | None, consensus: str | None, 
         Param("lambda", float, default=1.0),
         Param("int8_mask", bool, default=False),  # accepted for mergekit recipes; no effect here
     ]
+    if sparsify in ("magnitude", "magnitude_outliers"):
+        # Equal magnitudes at the trim cut: 'sort' keeps mergekit's choice, 'index' is always O(n).
+        params.append(Param("tie_order", str, default="sort"))
     if sparsify == "magnitude_outliers":
         params.append(Param("gamma", float, "non_base", default=0.01, **UNIT))
     if sparsify == "della":
@@ -161,9 +164,12 @@ def _task_vector_method(name: str, sparsify: str | None, consensus: str | None, 
 
 
 def _task_vector_call(base, others, *, weight, density, normalize, rescale, rescale_mode, lambda_,
-                      int8_mask, gamma=None, epsilon=None, generators=None, sparsify=None, consensus=None):
+                      int8_mask, gamma=None, epsilon=None, generators=None, sparsify=None, consensus=None,
+                      tie_order="sort"):
     if rescale_mode not in ("l1", "density"):
         raise ModelGlueError(f"parameter 'rescale_mode' must be 'l1' or 'density', got {rescale_mode!r}")
+    if tie_order not in ("sort", "index"):
+        raise ModelGlueError(f"parameter 'tie_order' must be 'sort' or 'index', got {tie_order!r}")
     if epsilon is not None:
         for d, e in zip(density, epsilon):
             if d < 1 and not (0 < d - e and d + e < 1):
@@ -171,7 +177,7 @@ def _task_vector_call(base, others, *, weight, density, normalize, rescale, resc
     return task_vector_merge(
         base, others, weight, density, sparsify=sparsify, consensus=consensus, normalize=normalize,
         rescale=rescale_mode if rescale else None, lambda_=lambda_, gamma=gamma, epsilon=epsilon,
-        generators=generators)
+        generators=generators, tie_order=tie_order)
 
 
 for _args in (

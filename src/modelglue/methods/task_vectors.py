@@ -30,47 +30,64 @@ def _rescale(delta: torch.Tensor, mask: torch.Tensor, rescale: str | None, densi
     return kept
 
 
-def smallest_mask(values: torch.Tensor, r: int) -> torch.Tensor:
-    """Boolean mask of the r smallest entries of a flat tensor, ties broken by index.
+def smallest_mask(values: torch.Tensor, r: int) -> tuple[torch.Tensor, bool]:
+    """Mask of the r smallest entries of a flat tensor, and whether that choice was
+    ambiguous (entries equal to the r-th smallest fall on both sides of the cut; they are
+    then taken lowest index first).
 
-    kthvalue finds the threshold in O(n), several times faster than the full argsort
-    mergekit does on large tensors (the embedding of a 0.5B model has 136M entries).
+    kthvalue finds the threshold in O(n), several times faster than the full sort mergekit
+    does on large tensors (the embedding of a 0.5B model has 136M entries).
     """
     n = values.numel()
-    if r <= 0:
-        return torch.zeros(n, dtype=torch.bool, device=values.device)
-    if r >= n:
-        return torch.ones(n, dtype=torch.bool, device=values.device)
-    threshold = torch.kthvalue(values.float(), r).values.to(values.dtype)
-    mask = values < threshold
-    missing = r - int(mask.sum())
-    if missing > 0:
-        mask[(values == threshold).nonzero().flatten()[:missing]] = True
-    return mask
+    if r <= 0 or r >= n:
+        return torch.full((n,), r > 0, dtype=torch.bool, device=values.device), False
+    threshold = torch.kthvalue(values, r).values
+    mask = values <= threshold
+    extra = int(mask.sum()) - r
+    if extra > 0:  # ties straddle the cut
+        tied = (values == threshold).nonzero().flatten()
+        mask[tied[len(tied) - extra:]] = False
+    return mask, extra > 0
 
 
-def magnitude(delta: torch.Tensor, density: float, rescale: str | None = None, **_) -> torch.Tensor:
-    """TIES trim: keep the top `density` fraction of entries by magnitude (at least one)."""
+def magnitude(delta: torch.Tensor, density: float, rescale: str | None = None, tie_order: str = "sort",
+              **_) -> torch.Tensor:
+    """TIES trim: keep the top `density` fraction of entries by magnitude (at least one).
+    Where equal magnitudes straddle the cut, tie_order 'sort' keeps the ones mergekit's
+    argsort keeps (bit-exact parity, at the cost of one sort of that tensor); 'index'
+    keeps the highest-index ones (always O(n))."""
     if density >= 1:
         return delta
     if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta)
-    k = max(1, int(density * delta.numel()))
-    keep = ~smallest_mask(delta.abs().reshape(-1), delta.numel() - k)
+    n = delta.numel()
+    k = max(1, int(density * n))
+    mags = delta.abs().reshape(-1).float()
+    dropped, ambiguous = smallest_mask(mags, n - k)
+    keep = ~dropped
+    if ambiguous and tie_order == "sort":
+        keep = torch.zeros(n, dtype=torch.bool, device=delta.device)
+        keep[torch.argsort(mags, descending=True)[:k]] = True
     return _rescale(delta, keep.reshape(delta.shape).to(delta.dtype), rescale, density)
 
 
 def magnitude_outliers(delta: torch.Tensor, density: float, rescale: str | None = None,
-                       gamma: float = 0.01, **_) -> torch.Tensor:
+                       gamma: float = 0.01, tie_order: str = "sort", **_) -> torch.Tensor:
     """Breadcrumbs: drop the top `gamma` fraction (outliers) and the smallest entries,
-    keeping `density` of them; the outlier cut shrinks if needed to keep the density."""
+    keeping `density` of them; the outlier cut shrinks if needed to keep the density.
+    tie_order as for `magnitude` (mergekit orders by an ascending sort)."""
     if density >= 1:
         return delta
     n = delta.numel()
     keep, n_top = int(density * n), int(gamma * n)
     n_bottom = max(0, n - keep - n_top)
-    mags = delta.abs().reshape(-1)
-    window = smallest_mask(mags, n_bottom + keep) & ~smallest_mask(mags, n_bottom)
+    mags = delta.abs().reshape(-1).float()
+    upper, amb_hi = smallest_mask(mags, n_bottom + keep)
+    lower, amb_lo = smallest_mask(mags, n_bottom)
+    window = upper & ~lower
+    if (amb_hi or amb_lo) and tie_order == "sort":
+        window = torch.zeros(n, dtype=torch.bool, device=delta.device)
+        window[torch.sort(mags).indices[n_bottom:n_bottom + keep]] = True
     return _rescale(delta, window.reshape(delta.shape).to(delta.dtype), rescale, density)
 
 
@@ -141,6 +158,7 @@ def task_vector_merge(
     gamma: list[float] | None = None,
     epsilon: list[float] | None = None,
     generators: list[torch.Generator] | None = None,
+    tie_order: str = "sort",
 ) -> torch.Tensor:
     """base + lambda * (elected, weighted, sparsified task vectors), see the module doc."""
     if not others:
@@ -152,7 +170,7 @@ def task_vector_merge(
             d = SPARSIFIERS[sparsify](
                 d, density[i] if density else 1.0, rescale,
                 gamma=gamma[i] if gamma else 0.01, epsilon=epsilon[i] if epsilon else 0.15,
-                generator=generators[i] if generators else None,
+                generator=generators[i] if generators else None, tie_order=tie_order,
             )
         deltas[i] = d
     w = torch.tensor(weight, dtype=deltas.dtype).reshape(-1, *([1] * base.dim()))

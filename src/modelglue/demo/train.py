@@ -1,0 +1,134 @@
+"""Tiny causal LMs for the demo zoo: a shared char tokenizer, model configs, one
+training loop. Read top to bottom: tokenizer, models, batches, train, save."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import string
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from modelglue.evaluate.tasks import sample_train
+
+# ----------------------------------------------------------------------------------
+# Tokenizer: one token per character. Every family shares it, which a model-level
+# mixture needs (experts must read the same ids).
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+CHARS = list(string.printable[:95]) + ["\n"]  # printable ASCII incl. space, then newline
+PAD, BOS, EOS, UNK = range(4)
+
+
+def build_tokenizer():
+    """A fast char-level tokenizer that prepends BOS (so lm-eval and our eval encode
+    prompts identically with the tokenizer's defaults)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    # Split on the empty pattern, keeping each character as its own piece.
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(""), behavior="isolated")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", BOS)])
+    tok.decoder = decoders.Fuse()  # join characters back without spaces between them
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        unk_token="<unk>", padding_side="left", model_max_length=64)
+
+
+def save_tokenizer(tokenizer, out: Path) -> None:
+    tokenizer.save_pretrained(out)
+    # Name the class explicitly: transformers would otherwise rebuild a tokenizer
+    # from the model type (e.g. a byte-level one for Qwen2) and lose plain spaces.
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+
+
+# ----------------------------------------------------------------------------------
+# Models. "llama" is families A and B; "qwen3" (another architecture, another width)
+# is family C, which cannot be weight-merged with them.
+
+def make_model(arch: str, size: dict, seed: int) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    common = dict(vocab_size=len(SPECIALS) + len(CHARS), max_position_embeddings=64,
+                  bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
+                  tie_word_embeddings=False, rms_norm_eps=1e-5, **size)
+    torch.manual_seed(seed)
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common))
+    if arch == "qwen3":
+        return Qwen3ForCausalLM(Qwen3Config(**common))
+    raise ValueError(f"unknown demo architecture {arch!r}")
+
+
+# ----------------------------------------------------------------------------------
+# Batches: the token ids of "<s>prompt" + "answer\n</s>", right-padded; the loss is
+# on the answer only (the prompt is given at test time, never generated).
+
+_IDS = {c: i + len(SPECIALS) for i, c in enumerate(CHARS)}
+
+
+def make_batch(mix: list[tuple[str, bool, float]], rng: random.Random, batch_size: int):
+    """`mix` lists (task, hard, weight). Returns input_ids, labels (-100 where no loss)."""
+    tasks, weights = [m[:2] for m in mix], [m[2] for m in mix]
+    rows, labels = [], []
+    for task, hard in rng.choices(tasks, weights, k=batch_size):
+        prompt, answer = sample_train(task, rng, hard)
+        p = [BOS] + [_IDS[c] for c in prompt]
+        a = [_IDS[c] for c in answer + "\n"] + [EOS]
+        rows.append(p + a)
+        labels.append([-100] * len(p) + a)
+    width = max(map(len, rows))
+    ids = torch.full((batch_size, width), PAD)
+    lab = torch.full((batch_size, width), -100)
+    for i, (r, l) in enumerate(zip(rows, labels)):
+        ids[i, : len(r)] = torch.tensor(r)
+        lab[i, : len(l)] = torch.tensor(l)
+    return ids, lab
+
+
+def train(model: torch.nn.Module, mix: list[tuple[str, bool, float]], steps: int, lr: float,
+          seed: int, batch_size: int = 64, warmup: int = 50, desc: str = "train") -> float:
+    """AdamW with linear warmup and cosine decay. Returns the mean loss of the last 50 steps."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc=desc, leave=False, mininterval=1.0)
+    for step in bar:
+        warm = min(1.0, (step + 1) / max(1, warmup))
+        cos = 0.5 * (1 + math.cos(math.pi * step / steps))
+        for g in opt.param_groups:
+            g["lr"] = lr * warm * (0.1 + 0.9 * cos)
+        ids, lab = make_batch(mix, rng, batch_size)
+        logits = model(input_ids=ids).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), lab[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    tail = losses[-50:]
+    return sum(tail) / max(1, len(tail))
+
+
+def save_model(model, tokenizer, out: Path) -> None:
+    """An ordinary Hugging Face directory: config, safetensors, tokenizer, generation config."""
+    from transformers import GenerationConfig
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    save_tokenizer(tokenizer, out)
+    # No max_new_tokens here: it would override the max_length that lm-eval passes.
+    GenerationConfig(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, do_sample=False).save_pretrained(out)

@@ -1,0 +1,226 @@
+"""The demo zoo: a miniature of the Model-GLUE Llama-2 zoo, trained on the CPU.
+
+  family A (llama, seed s):   a_base pretrained on a short curriculum of six tasks;
+                              gentle fine-tunes (low lr, replay) each better at one or two
+                              tasks; harsh fine-tunes (high lr, one task) that drift and forget
+  family B (llama, seed s+1): another base, same shape, and its fine-tunes
+  family C (qwen3, other width): another architecture, the only one trained on `sub`
+
+Every model is an ordinary Hugging Face directory. The zoo root holds zoo.json (the
+manifest) and scores.json (test-split scores of every model on every task).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from modelglue.demo.train import build_tokenizer, make_model, save_model, train
+from modelglue.errors import ModelGlueError
+
+BASE_TASKS = ["add", "rev", "upper", "sort", "count", "copy"]  # families A and B
+C_TASK = "sub"  # only family C learns it: a skill that only a mixture brings in
+
+
+@dataclass
+class Spec:
+    """How to train one model: from scratch (parent None) or from a parent in the zoo."""
+
+    name: str
+    family: str
+    role: str  # base | gentle | harsh
+    train_tasks: list[str]
+    steps: int
+    lr: float
+    parent: str | None = None
+    arch: str = "llama"
+    replay: float = 0.0  # share of each batch drawn from the base curriculum
+    extra: dict = field(default_factory=dict)
+
+
+def _mix(spec: Spec) -> list[tuple[str, bool, float]]:
+    """(task, hard, weight): bases learn the short curriculum; fine-tunes the full range
+    of their tasks, plus `replay` of the base curriculum so they keep the rest."""
+    if spec.role == "base":
+        mix = [(t, False, 1.0) for t in BASE_TASKS]
+        if spec.family == "C":  # C learns sub on the full range: nobody else does
+            mix.append((C_TASK, True, 3.0))
+        return mix
+    own = [(t, True, (1 - spec.replay) / len(spec.train_tasks)) for t in spec.train_tasks]
+    replay = [(t, False, spec.replay / len(BASE_TASKS)) for t in BASE_TASKS] if spec.replay else []
+    return own + replay
+
+
+# Model shapes: A and B share one (mergeable); C is another architecture and width.
+SIZES = {
+    "full": {"llama": dict(hidden_size=96, intermediate_size=192, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=4),
+             "qwen3": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16)},
+    "tiny": {"llama": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=4),
+             "qwen3": dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=24)},
+}
+
+
+def zoo_specs(scale: str = "full") -> list[Spec]:
+    """The training plan, in order (a parent comes before its fine-tunes)."""
+    if scale not in SIZES:
+        raise ModelGlueError(f"unknown demo scale {scale!r} (use full or tiny)")
+    if scale == "full":
+        base_steps, ft_steps, gentle_lr, replay = 1500, 250, 3e-4, 0.3
+    else:  # fewer steps: a smaller model that must gain faster, and more replay to keep the rest
+        base_steps, ft_steps, gentle_lr, replay = 600, 150, 1e-3, 0.5
+    harsh_lr = 3e-3  # one task, no replay: drifts far and forgets
+
+    def base(name, fam, arch="llama"):
+        tasks = BASE_TASKS + [C_TASK] if fam == "C" else list(BASE_TASKS)
+        return Spec(name, fam, "base", tasks, base_steps, 3e-3, arch=arch)
+
+    def gentle(name, tasks, parent):
+        return Spec(name, parent[0].upper(), "gentle", tasks, ft_steps, gentle_lr, parent, replay=replay)
+
+    def harsh(name, tasks, parent):
+        return Spec(name, parent[0].upper(), "harsh", tasks, ft_steps, harsh_lr, parent)
+
+    if scale == "full":
+        return [base("a_base", "A"),
+                gentle("a_add", ["add"], "a_base"), gentle("a_rev", ["rev"], "a_base"),
+                gentle("a_sort", ["sort"], "a_base"), gentle("a_count", ["count"], "a_base"),
+                gentle("a_upper_copy", ["upper", "copy"], "a_base"),
+                harsh("a_harsh_add", ["add"], "a_base"), harsh("a_harsh_rev", ["rev"], "a_base"),
+                base("b_base", "B"), gentle("b_add", ["add"], "b_base"), gentle("b_sort", ["sort"], "b_base"),
+                base("c_base", "C", arch="qwen3")]
+    return [base("a_base", "A"),
+            gentle("a_sort", ["sort"], "a_base"), gentle("a_rev", ["rev"], "a_base"),
+            gentle("a_count", ["count"], "a_base"), harsh("a_harsh_add", ["add"], "a_base"),
+            base("b_base", "B"), gentle("b_sort", ["sort"], "b_base"),
+            base("c_base", "C", arch="qwen3")]
+
+
+def format_table(scores: dict[str, dict[str, float]]) -> str:
+    """A plain-text table: one row per model, one column per task, plus the mean."""
+    tasks = list(next(iter(scores.values())).keys()) if scores else []
+    width = max([len(m) for m in scores] + [5])
+    lines = [f"{'model':<{width}}  " + "  ".join(f"{t:>6}" for t in tasks) + "    mean"]
+    for m, row in scores.items():
+        vals = [row[t] for t in tasks]
+        lines.append(f"{m:<{width}}  " + "  ".join(f"{v:6.3f}" for v in vals)
+                     + f"  {sum(vals) / max(1, len(vals)):6.3f}")
+    return "\n".join(lines)
+
+
+def build_demo_zoo(out_dir: str | Path, seed: int = 0, scale: str = "full", threads: int | None = None,
+                   force: bool = False, eval_limit: int | None = None, quiet: bool = False) -> Path:
+    """Train the demo zoo into `out_dir` (deterministic for a seed). The zoo is built in
+    a temporary sibling directory and renamed into place, so a killed build never looks
+    complete. Returns `out_dir`."""
+    from modelglue.evaluate import evaluate
+    from modelglue.evaluate.tasks import BUILTIN_TASKS
+
+    out_dir = Path(out_dir)
+    specs = zoo_specs(scale)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not force:
+            raise ModelGlueError(f"output directory is not empty: {out_dir} (use --force to replace it)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    # One thread by default: the CPU is often shared, and oversubscribed torch threads
+    # run many times slower than one thread.
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or 1)
+    t0 = time.time()
+    try:
+        tokenizer = build_tokenizer()
+        models: dict[str, torch.nn.Module] = {}
+        entries = []
+        for i, spec in enumerate(specs):
+            fam_seed = seed * 1000 + {"A": 0, "B": 1, "C": 2}[spec.family]
+            if spec.parent is None:
+                model = make_model(spec.arch, SIZES[scale][spec.arch], seed=fam_seed)
+            else:
+                model = copy.deepcopy(models[spec.parent])
+            t1 = time.time()
+            loss = train(model, _mix(spec), spec.steps, spec.lr, seed=fam_seed * 100 + i,
+                         desc=f"{spec.name} ({i + 1}/{len(specs)})")
+            models[spec.name] = model
+            save_model(model, tokenizer, tmp / spec.name)
+            entries.append({"name": spec.name, "path": spec.name, "family": spec.family, "role": spec.role,
+                            "arch": spec.arch, "parent": spec.parent, "train_tasks": spec.train_tasks,
+                            "steps": spec.steps, "lr": spec.lr, "replay": spec.replay,
+                            "final_loss": round(loss, 4), "train_seconds": round(time.time() - t1, 1)})
+            if not quiet:
+                tqdm.write(f"{spec.name:<14} {spec.family}/{spec.role:<6} loss {loss:.3f}  "
+                           f"{time.time() - t1:6.1f} s  (total {time.time() - t0:.0f} s)")
+        build_seconds = time.time() - t0
+        scores = {}
+        for spec in specs:
+            res = evaluate(models[spec.name], tokenizer, list(BUILTIN_TASKS), split="test", limit=eval_limit)
+            scores[spec.name] = {t: round(v, 4) for t, v in res["scores"].items()}
+        manifest = {"format": "modelglue-demo-zoo/1", "scale": scale, "seed": seed,
+                    "tasks": list(BUILTIN_TASKS), "base_tasks": BASE_TASKS, "c_task": C_TASK,
+                    "tokenizer": "shared char-level tokenizer (every model dir holds a copy)",
+                    "build_seconds": round(build_seconds, 1), "threads": torch.get_num_threads(),
+                    "models": entries}
+        (tmp / "zoo.json").write_text(json.dumps(manifest, indent=2))
+        (tmp / "scores.json").write_text(json.dumps({"split": "test", "scores": scores}, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        torch.set_num_threads(old_threads)
+    if not quiet:
+        print(f"demo zoo ({scale}) built in {build_seconds:.0f} s: {out_dir}")
+        print(format_table(scores))
+    return out_dir
+
+
+ZOO_VERSION = 1  # bump when build_demo_zoo's output changes in a way the recipe does not show
+
+
+def source_hash(scale: str = "full") -> str:
+    """Hash of what defines a zoo of this scale (training code, tasks, recipe): a change
+    rebuilds cached zoos, while editing another scale's recipe does not."""
+    import modelglue.demo.train as train_mod
+    import modelglue.evaluate.tasks as tasks_mod
+
+    h = hashlib.sha256()
+    for mod in (train_mod, tasks_mod):
+        h.update(Path(mod.__file__).read_bytes())
+    h.update(repr((ZOO_VERSION, zoo_specs(scale), SIZES[scale], BASE_TASKS, C_TASK)).encode())
+    return h.hexdigest()[:12]
+
+
+def demo_zoo(scale: str = "full", seed: int = 0, cache_root: str | Path | None = None) -> Path:
+    """The demo zoo, built once and cached under $XDG_CACHE_HOME/modelglue (keyed by
+    the demo source hash, so an edited recipe rebuilds). Safe under concurrent callers:
+    a file lock makes one build while the others wait."""
+    from filelock import FileLock
+
+    from modelglue.evaluate.core import cache_dir
+
+    root = Path(cache_root) if cache_root else cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"demo-zoo-{scale}-seed{seed}-{source_hash(scale)}"
+    if (path / "zoo.json").is_file():
+        return path
+    with FileLock(str(path) + ".lock"):
+        if not (path / "zoo.json").is_file():  # another process may have built it meanwhile
+            for stale in root.glob(f".{path.name}.building-*"):  # left by a killed build
+                shutil.rmtree(stale, ignore_errors=True)
+            build_demo_zoo(path, seed=seed, scale=scale, force=True, quiet=True)
+    return path
