@@ -1,0 +1,182 @@
+"""The search driver: settings -> strategy -> journal -> best merge + report files.
+
+    from modelglue.search import SearchConfig, run_search
+    result = run_search(SearchConfig(models=["zoo/a_base", "zoo/a_gentle_add"], tasks="add,rev",
+                                     strategy="cmaes", out_dir="out/search", budget=40))
+    result.best.candidate.recipe, result.best_test.scores
+
+The search sees only the validation split. When it ends, the chosen merge (and, with
+baselines on, every single model and the uniform merge) is scored on the test split.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from modelglue.errors import ModelGlueError
+from modelglue.search.backends import make_backend
+from modelglue.search.context import BudgetExhausted, Objective, Record, SearchContext
+from modelglue.search.journal import Journal
+from modelglue.search.space import SearchSpace
+from modelglue.search.strategies import STRATEGIES, get_strategy, nondominated
+
+DEFAULT_BUDGET = {"uniform": 1, "heuristic-average": 1000, "heuristic-coefficient": 1000,
+                  "heuristic-similarity": 1000, "cmaes": 40, "pareto": 60}
+
+
+@dataclass
+class SearchConfig:
+    """Everything that defines a search. Fields mirror `modelglue search` options."""
+
+    models: Sequence[str | Path]
+    tasks: str | Sequence[str] | None
+    out_dir: str | Path
+    strategy: str = "cmaes"
+    base: str | Path | None = None
+    method: str = "linear"
+    budget: int | None = None  # distinct validation candidates; default per strategy
+    backend: str = "local"
+    ray_address: str | None = None
+    workers: int = 2
+    resume: bool = False
+    seed: int = 0
+    limit: int | None = None  # examples per task
+    save_model: bool = False
+    task_weights: dict[str, float] | None = None
+    layer_groups: int = 1
+    search_density: bool = False
+    precision: int = 2
+    popsize: int | None = None
+    sigma: float | None = None
+    init: str = "uniform"
+    grid: Sequence[float] | None = None
+    similarity_order: str = "descending"
+    pareto_points: int = 5
+    baselines: bool = True
+    device: str = "cpu"
+    threads: int | None = 1  # torch threads of the scorer (1: fastest on a shared CPU)
+    progress: bool = True
+    parameters: dict[str, Any] = field(default_factory=dict)  # extra recipe-level parameters
+
+    def identity(self, scorer_desc: dict[str, Any]) -> dict[str, Any]:
+        """What must not change between a run and its --resume (budget may grow)."""
+        keep = ("models", "base", "method", "strategy", "seed", "task_weights", "layer_groups", "search_density",
+                "precision", "popsize", "sigma", "init", "grid", "similarity_order", "pareto_points", "parameters")
+        d = {k: v for k, v in asdict(self).items() if k in keep}
+        d["models"] = [str(Path(m).resolve()) for m in self.models]
+        d["base"] = str(Path(self.base).resolve()) if self.base else None
+        d["grid"] = list(self.grid) if self.grid else None
+        d["scorer"] = scorer_desc
+        return json.loads(json.dumps(d))
+
+
+@dataclass
+class SearchResult:
+    config: SearchConfig
+    tasks: list[str]
+    best: Record
+    best_test: Record | None
+    history: list[Record]
+    front: list[Record]
+    front_test: list[Record | None]
+    baselines: dict[str, tuple[Record, Record | None]]  # label -> (validation, test)
+    scored_now: int  # candidates scored by this process (the rest came from the journal)
+    out_dir: Path
+    seconds: float
+    summary: str = ""
+
+
+def run_search(config: SearchConfig, scorer: Any = None) -> SearchResult:
+    """Run (or resume) a search and write its outputs to config.out_dir."""
+    start = time.perf_counter()
+    get_strategy(config.strategy)
+    for m in list(config.models) + ([config.base] if config.base else []):
+        if not Path(m).is_dir():
+            raise ModelGlueError(f"model directory not found: {m}")
+    budget = config.budget if config.budget is not None else DEFAULT_BUDGET[config.strategy]
+    if budget < 1:
+        raise ModelGlueError("--budget must be at least 1")
+    space = SearchSpace(config.models, method=config.method, base=config.base, layer_groups=config.layer_groups,
+                        search_density=config.search_density, precision=config.precision, merge_seed=config.seed,
+                        extra_parameters=dict(config.parameters))
+    if scorer is None:
+        if not config.tasks:
+            raise ModelGlueError("--tasks is required")
+        from modelglue.search.scorers import MergeScorer
+
+        scorer = MergeScorer(config.tasks, space.base_path or space.members[0], limit=config.limit,
+                             device=config.device, merge_seed=config.seed, threads=config.threads)
+    tasks = list(scorer.task_names())
+    objective = Objective(tasks, config.task_weights)
+    if config.strategy == "pareto" and len(tasks) < 2:
+        raise ModelGlueError("strategy pareto needs at least two tasks")
+
+    out = Path(config.out_dir)
+    journal_path = out / Journal.FILENAME
+    if out.exists() and not config.resume and any(out.iterdir()):
+        raise ModelGlueError(f"{out} is not empty: pass --resume to continue its search, or choose a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    journal = Journal(journal_path, config.identity(scorer.describe()), resume=config.resume)
+    (out / "results.json").unlink(missing_ok=True)  # written last: its presence means "complete"
+    backend = make_backend(config.backend, config.ray_address, config.workers)
+    options = {"popsize": config.popsize, "sigma": config.sigma, "init": config.init, "grid": config.grid,
+               "order": config.similarity_order, "points": config.pareto_points}
+    ctx = SearchContext(space, scorer, backend, journal, objective, budget, seed=config.seed, options=options,
+                        progress=config.progress)
+    try:
+        try:
+            get_strategy(config.strategy)(ctx)
+        except BudgetExhausted:
+            pass
+        finally:
+            ctx.close()
+        feasible = [r for r in ctx.history if r.candidate.feasible and np.isfinite(r.fitness)]
+        if not feasible:
+            raise ModelGlueError("no feasible candidate was scored (raise --budget?)")
+        best = ctx.chosen if ctx.chosen is not None else max(feasible, key=lambda r: (r.fitness, -r.index))
+        front = nondominated(ctx.history, tasks) if config.strategy == "pareto" else []
+        # the test split, never seen by the search
+        best_test = ctx.score([best.candidate], "test", count=False)[0]
+        front_test = ctx.score([r.candidate for r in front], "test", count=False) if front else []
+        baselines: dict[str, tuple[Record, Record | None]] = {}
+        if config.baselines:
+            refs = [space.single(i) for i in range(space.n)] + [space.uniform()]
+            if space.base_path is not None and space.base_path not in space.members:
+                refs.insert(0, space.single_path(space.base_path))  # ties/dare: the base is a model too
+            vals = ctx.score(refs, "validation", count=False)
+            tests = ctx.score(refs, "test", count=False)
+            for c, v, t in zip(refs, vals, tests):
+                baselines[c.origin] = (v, t)
+    finally:
+        backend.close()
+        journal.close()
+    result = SearchResult(config, tasks, best, best_test, list(ctx.history), front, list(front_test), baselines,
+                          ctx.scored_now, out, time.perf_counter() - start)
+    from modelglue.search.report import write_outputs
+
+    write_outputs(result, space)
+    return result
+
+
+def search(models: Sequence[str | Path], tasks: str | Sequence[str] | None, out_dir: str | Path, *,
+           scorer: Any = None, **options: Any) -> SearchResult:
+    """Keyword form of `run_search(SearchConfig(...))`."""
+    unknown = sorted(set(options) - set(SearchConfig.__dataclass_fields__))
+    if unknown:
+        raise ModelGlueError(f"unknown search option {unknown[0]!r}")
+    return run_search(SearchConfig(models=list(models), tasks=tasks, out_dir=out_dir, **options), scorer=scorer)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+__all__ = ["DEFAULT_BUDGET", "STRATEGIES", "SearchConfig", "SearchResult", "run_search", "search"]
