@@ -2,7 +2,7 @@
 and generation speed of a model-level mixture against its largest expert.
 
     .venv/bin/python benchmarks/mix_bench.py                    # tiny demo zoo (built/cached)
-    .venv/bin/python benchmarks/mix_bench.py --zoo DIR --scale full --out benchmarks/RESULTS_mix.md
+    .venv/bin/python benchmarks/mix_bench.py --zoo DIR --scale full --out bench-out/mix_results.md
 
 What it does, on the demo zoo:
   1. experts: family A's best model (highest mean test score in scores.json) and c_base
@@ -89,7 +89,7 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS_mix.md"))
+    ap.add_argument("--out", type=Path, default=Path("bench-out/mix_results.md"))
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--speed-only", action="store_true",
                     help="rerun only the speed section, reusing the other results from --json")

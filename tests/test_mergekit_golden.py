@@ -134,7 +134,7 @@ def test_manifest_is_consistent():
 @pytest.mark.parametrize("recipe", RECIPES, ids=[Path(r).stem for r in RECIPES])
 def test_tensors_match_mergekit(recipe, merged, request):
     known = MANIFEST["recipes"][recipe].get("known_difference")
-    if known:  # documented in benchmarks/RESULTS_merge.md; drop from make_golden.py once fixed
+    if known:  # documented in BENCHMARKS.md; drop from make_golden.py once fixed
         request.applymarker(pytest.mark.xfail(reason=known, strict=False))
     ours = _load_dir(merged(recipe))
     ref = _load_dir(GOLDEN / MANIFEST["recipes"][recipe]["output"])

@@ -11,7 +11,6 @@ manifest) and scores.json (test-split scores of every model on every task).
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -120,10 +119,12 @@ def format_table(scores: dict[str, dict[str, float]]) -> str:
 
 
 def build_demo_zoo(out_dir: str | Path, seed: int = 0, scale: str = "full", threads: int | None = None,
-                   force: bool = False, eval_limit: int | None = None, quiet: bool = False) -> Path:
+                   force: bool = False, eval_limit: int | None = None, quiet: bool = False,
+                   workers: int | None = None) -> Path:
     """Train the demo zoo into `out_dir` (deterministic for a seed). The zoo is built in
     a temporary sibling directory and renamed into place, so a killed build never looks
-    complete. Returns `out_dir`."""
+    complete. Models train in `workers` processes (default: one per core, at most 2),
+    each as soon as its parent is saved. Returns `out_dir`."""
     from modelglue.evaluate import evaluate
     from modelglue.evaluate.tasks import BUILTIN_TASKS
 
@@ -143,30 +144,12 @@ def build_demo_zoo(out_dir: str | Path, seed: int = 0, scale: str = "full", thre
     t0 = time.time()
     try:
         tokenizer = build_tokenizer()
-        models: dict[str, torch.nn.Module] = {}
-        entries = []
-        for i, spec in enumerate(specs):
-            fam_seed = seed * 1000 + {"A": 0, "B": 1, "C": 2}[spec.family]
-            if spec.parent is None:
-                model = make_model(spec.arch, SIZES[scale][spec.arch], seed=fam_seed)
-            else:
-                model = copy.deepcopy(models[spec.parent])
-            t1 = time.time()
-            loss = train(model, _mix(spec), spec.steps, spec.lr, seed=fam_seed * 100 + i,
-                         desc=f"{spec.name} ({i + 1}/{len(specs)})")
-            models[spec.name] = model
-            save_model(model, tokenizer, tmp / spec.name)
-            entries.append({"name": spec.name, "path": spec.name, "family": spec.family, "role": spec.role,
-                            "arch": spec.arch, "parent": spec.parent, "train_tasks": spec.train_tasks,
-                            "steps": spec.steps, "lr": spec.lr, "replay": spec.replay,
-                            "final_loss": round(loss, 4), "train_seconds": round(time.time() - t1, 1)})
-            if not quiet:
-                tqdm.write(f"{spec.name:<14} {spec.family}/{spec.role:<6} loss {loss:.3f}  "
-                           f"{time.time() - t1:6.1f} s  (total {time.time() - t0:.0f} s)")
+        entries = _train_all(specs, scale, seed, tmp, threads or 1, workers, quiet, t0)
         build_seconds = time.time() - t0
         scores = {}
         for spec in specs:
-            res = evaluate(models[spec.name], tokenizer, list(BUILTIN_TASKS), split="test", limit=eval_limit)
+            model = _load(tmp / spec.name)
+            res = evaluate(model, tokenizer, list(BUILTIN_TASKS), split="test", limit=eval_limit)
             scores[spec.name] = {t: round(v, 4) for t, v in res["scores"].items()}
         manifest = {"format": "modelglue-demo-zoo/1", "scale": scale, "seed": seed,
                     "tasks": list(BUILTIN_TASKS), "base_tasks": BASE_TASKS, "c_task": C_TASK,
@@ -187,6 +170,63 @@ def build_demo_zoo(out_dir: str | Path, seed: int = 0, scale: str = "full", thre
         print(f"demo zoo ({scale}) built in {build_seconds:.0f} s: {out_dir}")
         print(format_table(scores))
     return out_dir
+
+
+def _load(path: Path) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def _train_one(spec: Spec, index: int, scale: str, seed: int, tmp: Path, threads: int, bars: bool) -> dict:
+    """Train one model of the zoo and save it (runs in a worker process). A fine-tune
+    starts from its parent as saved: float32 on disk is bit-identical to the parent in
+    memory, and every model seeds its own training, so the order of work never matters."""
+    torch.set_num_threads(threads)
+    if not bars:  # parallel workers: one overall bar in the parent instead of interleaved step bars
+        os.environ["TQDM_DISABLE"] = "1"
+    fam_seed = seed * 1000 + {"A": 0, "B": 1, "C": 2}[spec.family]
+    if spec.parent is None:
+        model = make_model(spec.arch, SIZES[scale][spec.arch], seed=fam_seed)
+    else:
+        model = _load(tmp / spec.parent)
+    t1 = time.time()
+    loss = train(model, _mix(spec), spec.steps, spec.lr, seed=fam_seed * 100 + index, desc=spec.name)
+    save_model(model, build_tokenizer(), tmp / spec.name)
+    return {"name": spec.name, "path": spec.name, "family": spec.family, "role": spec.role,
+            "arch": spec.arch, "parent": spec.parent, "train_tasks": spec.train_tasks,
+            "steps": spec.steps, "lr": spec.lr, "replay": spec.replay,
+            "final_loss": round(loss, 4), "train_seconds": round(time.time() - t1, 1)}
+
+
+def _train_all(specs: list[Spec], scale: str, seed: int, tmp: Path, threads: int, workers: int | None,
+               quiet: bool, t0: float) -> list[dict]:
+    """Train every spec, parents before children, on a pool of worker processes."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    workers = max(1, workers or min(2, os.cpu_count() or 1))
+    done: dict[str, dict] = {}
+    overall = tqdm(total=len(specs), desc="demo zoo", unit="model", disable=quiet)
+    # spawn: fresh interpreters, no inherited torch thread pools or locks
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running = {}
+        while len(done) < len(specs):
+            for i, spec in enumerate(specs):
+                ready = spec.parent is None or spec.parent in done
+                if ready and spec.name not in done and spec.name not in running.values() and len(running) < workers:
+                    fut = pool.submit(_train_one, spec, i, scale, seed, tmp, threads, not quiet and workers == 1)
+                    running[fut] = spec.name
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                entry = fut.result()
+                done[running.pop(fut)] = entry
+                overall.update()
+                if not quiet:
+                    tqdm.write(f"{entry['name']:<14} {entry['family']}/{entry['role']:<6} loss {entry['final_loss']:.3f}  "
+                               f"{entry['train_seconds']:6.1f} s  (total {time.time() - t0:.0f} s)")
+    overall.close()
+    return [done[s.name] for s in specs]
 
 
 ZOO_VERSION = 1  # bump when build_demo_zoo's output changes in a way the recipe does not show
