@@ -199,6 +199,9 @@ class TensorSource(Protocol):
     def get(self, model_index: int, name: str) -> torch.Tensor: ...
 
 
+CHUNK_ELEMS = 1 << 23  # 8M entries (32 MB of float32) per input per chunk of an elementwise merge
+
+
 class DiskSource:
     """Reads each input tensor from its checkpoint when asked (no cache); into pinned
     memory when the arithmetic runs on a GPU."""
@@ -208,6 +211,9 @@ class DiskSource:
 
     def get(self, model_index: int, name: str) -> torch.Tensor:
         return self.checkpoints[model_index].get(name, pin_memory=self.pin_memory)
+
+    def get_part(self, model_index: int, name: str, start: int, stop: int) -> torch.Tensor:
+        return self.checkpoints[model_index].get_flat(name, start, stop, pin_memory=self.pin_memory)
 
 
 class ResidentSource:
@@ -258,19 +264,33 @@ def compute_tensor(plan: Plan, task: TensorTask, tensors: list[torch.Tensor], de
 
 
 def execute(plan: Plan, source: TensorSource, sink: Callable[[TensorTask, torch.Tensor], None], *,
-            device: str = "cpu", prefetch: int = 2, progress: bool = False, desc: str = "merging") -> None:
+            device: str = "cpu", prefetch: int = 2, progress: bool = False, desc: str = "merging",
+            chunk_elems: int | None = None) -> None:
     """The one executor: for each output tensor, fetch inputs, compute, hand to `sink`.
 
-    With prefetch > 0 the inputs of the next `prefetch` tensors are read on a background
-    thread while the current one is computed (file reads and torch kernels release the
-    GIL), so disk, CPU and device work overlap; memory stays a few tensors' worth.
+    With prefetch > 0 the inputs of the next `prefetch` pieces of work are read on a
+    background thread while the current one is computed (file reads and torch kernels
+    release the GIL), so disk, CPU and device work overlap. With chunk_elems (and a
+    source that reads parts), tensors of elementwise methods larger than that are done
+    in flat chunks handed to `sink` in order: memory stays a few chunks, not tensors.
     """
-    tasks = plan.tasks
     on_gpu = device.startswith("cuda")
     copy_stream = torch.cuda.Stream(device=device) if on_gpu else None
+    chunked = chunk_elems and plan.method.elementwise and hasattr(source, "get_part")
+    work: list[tuple[TensorTask, tuple[int, int] | None]] = []
+    for task in plan.tasks:
+        n = math.prod(task.shape)
+        if chunked and not task.copy_only and n > chunk_elems:
+            work += [(task, (a, min(n, a + chunk_elems))) for a in range(0, n, chunk_elems)]
+        else:
+            work.append((task, None))
 
-    def fetch(task: TensorTask) -> tuple[list[torch.Tensor], Any]:
-        tensors = [source.get(m, n) for m, n in task.inputs]
+    def fetch(item: tuple[TensorTask, tuple[int, int] | None]) -> tuple[list[torch.Tensor], Any]:
+        task, part = item
+        if part is None:
+            tensors = [source.get(m, n) for m, n in task.inputs]
+        else:
+            tensors = [source.get_part(m, n, *part) for m, n in task.inputs]  # type: ignore[attr-defined]
         if copy_stream is None or all(t.device.type == "cuda" for t in tensors):
             return tensors, None
         # Host-to-device copies on a side stream, so they overlap the previous tensor's kernels.
@@ -280,29 +300,30 @@ def execute(plan: Plan, source: TensorSource, sink: Callable[[TensorTask, torch.
             done.record(copy_stream)
         return tensors, done
 
-    def run(task: TensorTask, fetched: tuple[list[torch.Tensor], Any]) -> None:
-        tensors, done = fetched
+    def run(item: tuple[TensorTask, tuple[int, int] | None], fetched: tuple[list[torch.Tensor], Any]) -> None:
+        (task, part), (tensors, done) = item, fetched
         if done is not None:
             main_stream = torch.cuda.current_stream(device)
             main_stream.wait_event(done)
             for t in tensors:  # memory made on the copy stream is now used on the main one
                 t.record_stream(main_stream)
         sink(task, compute_tensor(plan, task, tensors, device))
-        bar.update()
+        if part is None or part[1] == math.prod(task.shape):
+            bar.update()
 
-    bar = tqdm(total=len(tasks), desc=desc, unit="tensor", disable=not progress, leave=False)
+    bar = tqdm(total=len(plan.tasks), desc=desc, unit="tensor", disable=not progress, leave=False)
     try:
         if prefetch <= 0:
-            for task in tasks:
-                run(task, fetch(task))
+            for item in work:
+                run(item, fetch(item))
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelglue-read") as reader:
-            pending: list[Future] = [reader.submit(fetch, t) for t in tasks[:prefetch]]
-            for i, task in enumerate(tasks):
+            pending: list[Future] = [reader.submit(fetch, w) for w in work[:prefetch]]
+            for i, item in enumerate(work):
                 fetched = pending.pop(0).result()
-                if i + prefetch < len(tasks):
-                    pending.append(reader.submit(fetch, tasks[i + prefetch]))
-                run(task, fetched)
+                if i + prefetch < len(work):
+                    pending.append(reader.submit(fetch, work[i + prefetch]))
+                run(item, fetched)
     finally:
         bar.close()
 
@@ -363,7 +384,7 @@ def merge(recipe: str | Path | dict | Recipe, out_dir: str | Path, *, device: st
         background = _BackgroundWriter(writer)
         try:
             execute(plan, DiskSource(plan.checkpoints, pin_memory=device.startswith("cuda")), background,
-                    device=device, progress=progress)
+                    device=device, progress=progress, chunk_elems=CHUNK_ELEMS)
         finally:
             background.finish()
         writer.close()

@@ -137,7 +137,7 @@ class Checkpoint:
         """Where the tensor lies on disk (file, offset, size); None for pickle checkpoints."""
         return None if self._pickled is not None else self._infos[self._check(name)]
 
-    def get_flat(self, name: str, start: int, stop: int) -> torch.Tensor:
+    def get_flat(self, name: str, start: int, stop: int, pin_memory: bool = False) -> torch.Tensor:
         """Elements [start, stop) of the flattened tensor, reading only those bytes
         (so a tensor can be streamed in blocks of rows)."""
         if self._pickled is not None:
@@ -145,7 +145,7 @@ class Checkpoint:
         info = self._infos[self._check(name)]
         item = info.nbytes // max(1, math.prod(info.shape))
         part = TensorInfo(info.path, info.offset + start * item, (stop - start) * item, info.dtype, (stop - start,))
-        return read_tensor(part)
+        return read_tensor(part, pin_memory)
 
     def _check(self, name: str) -> str:
         if name not in self:

@@ -214,6 +214,7 @@ class ShardedWriter:
         self._shard_idx = -1
         self._fh = None
         self.bytes_written = 0
+        self._part_bytes = 0  # bytes of the current tensor written so far (chunked tensors)
 
     def _open_shard(self, idx: int) -> None:
         self._close_shard()
@@ -241,10 +242,14 @@ class ShardedWriter:
             self._fh = None
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Append `tensor` to the output tensor `name`: the whole tensor in one call, or
+        its flattened contents in consecutive parts (for tensors streamed in chunks)."""
         if self._next >= len(self._order):
             raise ModelGlueError(f"unexpected extra output tensor {name!r}")
         shard_idx, spec = self._order[self._next]
-        if spec.name != name or tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype:
+        whole = self._part_bytes == 0 and tuple(tensor.shape) == spec.shape
+        nbytes = tensor.numel() * tensor.element_size()
+        if spec.name != name or tensor.dtype != spec.dtype or not (whole or (tensor.dim() == 1 and self._part_bytes + nbytes <= spec.nbytes)):
             raise ModelGlueError(
                 f"output tensor {name!r} {tuple(tensor.shape)} {tensor.dtype} does not match the plan "
                 f"({spec.name!r} {spec.shape} {spec.dtype})"
@@ -256,8 +261,11 @@ class ShardedWriter:
             self._fh.write(memoryview(data))  # type: ignore[union-attr]
         except OSError as exc:
             raise ModelGlueError(f"{self.out_dir}: write failed ({exc.strerror or exc})") from None
-        self.bytes_written += spec.nbytes
-        self._next += 1
+        self.bytes_written += nbytes
+        self._part_bytes += nbytes
+        if self._part_bytes == spec.nbytes:
+            self._part_bytes = 0
+            self._next += 1
 
     def close(self) -> None:
         if self._next != len(self._order):

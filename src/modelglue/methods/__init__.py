@@ -62,6 +62,9 @@ class MergeMethod:
     min_inputs: int = 1
     max_inputs: int | None = None
     randomized: bool = False
+    # Each output entry depends only on the same entry of the inputs: big tensors can then
+    # be streamed in chunks (memory = chunk x inputs instead of tensor x inputs).
+    elementwise: bool = False
     description: str = ""
     reference: str = ""
     fixed: dict = field(default_factory=dict)  # keyword arguments baked into this method
@@ -120,7 +123,7 @@ UNIT = dict(low=0.0, high=1.0)
 
 register(MergeMethod(
     "linear", linear,
-    (Param("weight", float, "input"), Param("normalize", bool, default=True)),
+    (Param("weight", float, "input"), Param("normalize", bool, default=True)), elementwise=True,
     description="Weighted average of the models (model soup).", reference="https://arxiv.org/abs/2203.05482"))
 
 register(MergeMethod(
@@ -134,7 +137,7 @@ register(MergeMethod(
     reference="https://arxiv.org/abs/2403.19522"))
 
 register(MergeMethod(
-    "passthrough", passthrough, (Param("scale", float, "input", default=None),), max_inputs=1,
+    "passthrough", passthrough, (Param("scale", float, "input", default=None),), max_inputs=1, elementwise=True,
     description="Copy tensors unchanged: layer stacking, depth up-scaling, frankenmerges."))
 
 
@@ -160,6 +163,7 @@ def _task_vector_method(name: str, sparsify: str | None, consensus: str | None, 
     return MergeMethod(
         name, functools.partial(_task_vector_call, sparsify=sparsify, consensus=consensus), tuple(params),
         needs_base=True, min_inputs=1, randomized=sparsify in ("random", "della"),
+        elementwise=sparsify is None and consensus is None,
         description=description, reference=reference)
 
 
