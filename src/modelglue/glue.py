@@ -331,17 +331,25 @@ def _group_baselines(analysis, cfg: GlueConfig, out: Path, score, log) -> list[E
     merged = _merge_once(recipe, out / "baselines" / "merge-all", cfg.seed)
     entries.append(Entry("merge-all", "merge-all", str(merged), score(merged, "validation"), score(merged, "test"),
                          note=f"uniform linear merge of {len(members)} same-architecture models"))
+    # FFN-level MoE of the group's specialists: the member that is best on each task (a
+    # member that wins nothing would get no router prompts and only dilute the gates).
+    singles = [Entry(m.name, "single", str(m), score(m, "validation")) for m in members]
+    tasks = list(singles[0].validation)
+    winners = sorted({max(range(len(singles)), key=lambda i: (singles[i].validation.get(t, 0.0), -i)) for t in tasks})
+    experts = [singles[i] for i in winners]
     ffn = out / "baselines" / "ffn-moe"
     try:
+        if len(experts) < 2:
+            raise ModelGlueError("one model wins every task")
         if not (ffn / "config.json").is_file():
-            log(f"baseline: FFN-level MoE of {len(members)} experts")
-            data = _router_examples([Entry(m.name, "single", str(m), score(m, "validation")) for m in members],
-                                    cfg.tasks, cfg.limit)
+            log(f"baseline: FFN-level MoE of {len(experts)} experts: {', '.join(e.name for e in experts)}")
+            data = _router_examples(experts, cfg.tasks, cfg.limit)
             base = analysis.group_bases[analysis.groups.index(group)] if analysis.group_bases else group[0]
-            mix("ffn", [str(m) for m in members], ffn, router="hidden", router_data=data,
+            mix("ffn", [e.path for e in experts], ffn, router="hidden", router_data=data,
                 base=analysis.paths[base], seed=cfg.seed, overwrite=True)
         entries.append(Entry("ffn-moe", "ffn-moe", str(ffn), score(ffn, "validation"), score(ffn, "test"),
-                             note=f"Mixtral-style MoE, {len(members)} experts, top-2, hidden-state router"))
+                             note=f"Mixtral-style MoE of {len(experts)} task winners ({', '.join(e.name for e in experts)}), "
+                                  "top-2, hidden-state router, attention from the group base"))
     except ModelGlueError as exc:  # e.g. an architecture Mixtral cannot hold: report, don't fail the pipeline
         log(f"baseline: FFN-level MoE skipped ({exc})")
     return entries
