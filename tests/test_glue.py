@@ -68,3 +68,25 @@ def test_glue_config_errors(tmp_path, tiny_zoo):
     cfg = load_glue_config(zoo, tmp_path / "out")
     assert cfg.tasks == ["add", "rev"] and cfg.budget == 5 and cfg.routers == ["hidden"]
     assert len(cfg.models) == len(json.loads((tiny_zoo / "zoo.json").read_text())["models"])
+
+
+def test_report_renders_in_a_headless_browser(glued, tmp_path):
+    """Chromium (Debian's package) renders report.html with its embedded images; the
+    screenshot must show the plots, not a blank or text-only page."""
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    cfg, _ = glued
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+                    "--window-size=1200,2400", f"--screenshot={shot}", (cfg.out_dir / "report.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    from PIL import Image
+
+    img = Image.open(shot).convert("RGB").resize((300, 600))
+    colours = len(set(img.getdata()))
+    assert colours > 200  # heatmaps and bar charts, not a page of black text on white

@@ -199,7 +199,8 @@ class TensorSource(Protocol):
     def get(self, model_index: int, name: str) -> torch.Tensor: ...
 
 
-CHUNK_ELEMS = 1 << 23  # 8M entries (32 MB of float32) per input per chunk of an elementwise merge
+CHUNK_ELEMS = 1 << 19  # 512K entries per input per chunk: 2 MB of float32 stays below glibc's mmap
+# threshold, so chunk buffers are reused from the heap instead of page-faulted in afresh
 
 
 class DiskSource:
@@ -253,9 +254,9 @@ def compute_tensor(plan: Plan, task: TensorTask, tensors: list[torch.Tensor], de
     except ModelGlueError as exc:
         raise ModelGlueError(f"tensor {task.name}: {exc}") from None
     out = out.to(task.dtype)
-    # One float64 sum is finite iff every entry is (short of overflow, which the exact check
-    # below then settles): a single pass, no mask the size of the tensor.
-    if out.is_floating_point() and not math.isfinite(float(out.sum(dtype=torch.float64))) \
+    # A sum is finite iff every entry is (short of overflow, which the exact check below
+    # then settles): a single pass, no mask the size of the tensor.
+    if out.is_floating_point() and not math.isfinite(float(out.sum())) \
             and not bool(torch.isfinite(out).all()):
         bad = [plan.models[m].name for (m, n), t in zip(task.inputs, tensors) if t.is_floating_point() and not bool(torch.isfinite(t).all())]
         why = f"non-finite values in input {', '.join(bad)}" if bad else "the result is not finite (weights summing to zero?)"

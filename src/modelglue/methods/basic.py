@@ -11,9 +11,9 @@ import torch
 def linear(tensors: list[torch.Tensor], weight: list[float], normalize: bool = True) -> torch.Tensor:
     """sum_i w_i theta_i, divided by sum_i w_i when normalize (Model Soups / Wortsman et al.)."""
     acc_dtype = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
-    out = torch.zeros_like(tensors[0], dtype=acc_dtype)
-    for theta, w in zip(tensors, weight):
-        out.add_(theta, alpha=w) if theta.dtype == acc_dtype else out.add_(theta.to(acc_dtype), alpha=w)
+    out = torch.mul(tensors[0].to(acc_dtype), weight[0])  # = 0 + w_0 theta_0, exactly as an add into zeros
+    for theta, w in zip(tensors[1:], weight[1:]):
+        out.add_(theta.to(acc_dtype), alpha=w)
     if normalize:
         out.div_(sum(weight))
     return out.to(tensors[0].dtype)
