@@ -108,8 +108,8 @@ def test_build_refuses_nonempty_dir_and_leaves_nothing_on_failure(tmp_path, monk
         return 0.0
 
     monkeypatch.setattr(zoo_mod, "train", failing_train)
-    with pytest.raises(KeyboardInterrupt):
-        zoo_mod.build_demo_zoo(tmp_path / "new", scale="tiny")
+    with pytest.raises(KeyboardInterrupt):  # one worker trains in this process, where the patch applies
+        zoo_mod.build_demo_zoo(tmp_path / "new", scale="tiny", workers=1)
     assert not (tmp_path / "new").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["zoo"]  # no temp dir left behind
     with pytest.raises(ModelGlueError, match="unknown demo scale"):

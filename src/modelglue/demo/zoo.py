@@ -183,8 +183,19 @@ def _train_one(spec: Spec, index: int, scale: str, seed: int, tmp: Path, threads
     starts from its parent as saved: float32 on disk is bit-identical to the parent in
     memory, and every model seeds its own training, so the order of work never matters."""
     torch.set_num_threads(threads)
-    if not bars:  # parallel workers: one overall bar in the parent instead of interleaved step bars
+    saved = os.environ.get("TQDM_DISABLE")
+    if not bars:  # quiet, or parallel workers: one overall bar in the parent, not interleaved step bars
         os.environ["TQDM_DISABLE"] = "1"
+    try:
+        return _train_and_save(spec, index, scale, seed, tmp)
+    finally:
+        if saved is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved
+
+
+def _train_and_save(spec: Spec, index: int, scale: str, seed: int, tmp: Path) -> dict:
     fam_seed = seed * 1000 + {"A": 0, "B": 1, "C": 2}[spec.family]
     if spec.parent is None:
         model = make_model(spec.arch, SIZES[scale][spec.arch], seed=fam_seed)
@@ -206,6 +217,8 @@ def _train_all(specs: list[Spec], scale: str, seed: int, tmp: Path, threads: int
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     workers = max(1, workers or min(2, os.cpu_count() or 1))
+    if workers == 1:  # in this process: no interpreter start-up, and the step bars stay readable
+        return [_train_one(spec, i, scale, seed, tmp, threads, not quiet) for i, spec in enumerate(specs)]
     done: dict[str, dict] = {}
     overall = tqdm(total=len(specs), desc="demo zoo", unit="model", disable=quiet)
     # spawn: fresh interpreters, no inherited torch thread pools or locks
