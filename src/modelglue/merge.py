@@ -222,13 +222,13 @@ class ResidentSource:
 
     def __init__(self, checkpoints: list[Checkpoint], device: str = "cpu"):
         self.checkpoints, self.device = checkpoints, device
+        self.paths = [ck.path.resolve() for ck in checkpoints]  # cache keys: shared across plans
         self.cache: dict[tuple[Path, str], torch.Tensor] = {}
 
     def get(self, model_index: int, name: str) -> torch.Tensor:
-        ck = self.checkpoints[model_index]
-        key = (ck.path.resolve(), name)
+        key = (self.paths[model_index], name)
         if key not in self.cache:
-            self.cache[key] = ck.get(name).to(self.device)
+            self.cache[key] = self.checkpoints[model_index].get(name).to(self.device)
         return self.cache[key]
 
 

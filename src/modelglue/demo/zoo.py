@@ -178,24 +178,11 @@ def _load(path: Path) -> torch.nn.Module:
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
-def _train_one(spec: Spec, index: int, scale: str, seed: int, tmp: Path, threads: int, bars: bool) -> dict:
+def _train_one(spec: Spec, index: int, scale: str, seed: int, tmp: Path, threads: int) -> dict:
     """Train one model of the zoo and save it (runs in a worker process). A fine-tune
     starts from its parent as saved: float32 on disk is bit-identical to the parent in
     memory, and every model seeds its own training, so the order of work never matters."""
     torch.set_num_threads(threads)
-    saved = os.environ.get("TQDM_DISABLE")
-    if not bars:  # quiet, or parallel workers: one overall bar in the parent, not interleaved step bars
-        os.environ["TQDM_DISABLE"] = "1"
-    try:
-        return _train_and_save(spec, index, scale, seed, tmp)
-    finally:
-        if saved is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = saved
-
-
-def _train_and_save(spec: Spec, index: int, scale: str, seed: int, tmp: Path) -> dict:
     fam_seed = seed * 1000 + {"A": 0, "B": 1, "C": 2}[spec.family]
     if spec.parent is None:
         model = make_model(spec.arch, SIZES[scale][spec.arch], seed=fam_seed)
@@ -218,26 +205,35 @@ def _train_all(specs: list[Spec], scale: str, seed: int, tmp: Path, threads: int
 
     workers = max(1, workers or min(2, os.cpu_count() or 1))
     if workers == 1:  # in this process: no interpreter start-up, and the step bars stay readable
-        return [_train_one(spec, i, scale, seed, tmp, threads, not quiet) for i, spec in enumerate(specs)]
+        return [_train_one(spec, i, scale, seed, tmp, threads) for i, spec in enumerate(specs)]
     done: dict[str, dict] = {}
     overall = tqdm(total=len(specs), desc="demo zoo", unit="model", disable=quiet)
-    # spawn: fresh interpreters, no inherited torch thread pools or locks
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        running = {}
-        while len(done) < len(specs):
-            for i, spec in enumerate(specs):
-                ready = spec.parent is None or spec.parent in done
-                if ready and spec.name not in done and spec.name not in running.values() and len(running) < workers:
-                    fut = pool.submit(_train_one, spec, i, scale, seed, tmp, threads, not quiet and workers == 1)
-                    running[fut] = spec.name
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                entry = fut.result()
-                done[running.pop(fut)] = entry
-                overall.update()
-                if not quiet:
-                    tqdm.write(f"{entry['name']:<14} {entry['family']}/{entry['role']:<6} loss {entry['final_loss']:.3f}  "
-                               f"{entry['train_seconds']:6.1f} s  (total {time.time() - t0:.0f} s)")
+    # Workers (started at submit) inherit TQDM_DISABLE, which tqdm reads at import: one overall
+    # bar here instead of interleaved step bars. spawn: fresh interpreters, no inherited locks.
+    saved = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            running = {}
+            while len(done) < len(specs):
+                for i, spec in enumerate(specs):
+                    ready = spec.parent is None or spec.parent in done
+                    if ready and spec.name not in done and spec.name not in running.values() and len(running) < workers:
+                        fut = pool.submit(_train_one, spec, i, scale, seed, tmp, threads)
+                        running[fut] = spec.name
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    entry = fut.result()
+                    done[running.pop(fut)] = entry
+                    overall.update()
+                    if not quiet:
+                        tqdm.write(f"{entry['name']:<14} {entry['family']}/{entry['role']:<6} loss {entry['final_loss']:.3f}  "
+                                   f"{entry['train_seconds']:6.1f} s  (total {time.time() - t0:.0f} s)")
+    finally:
+        if saved is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved
     overall.close()
     return [done[s.name] for s in specs]
 

@@ -36,11 +36,12 @@ def _stop_ids(tokenizer) -> set[int]:
     return cached
 
 
-def _encode_left(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_batch(tokenizer, prompts: list[str], device="cpu", side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded ids and attention mask; left padding for generation, right for pooling."""
     if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # e.g. GPT-2: pads are masked out anyway
     old = tokenizer.padding_side
-    tokenizer.padding_side = "left"
+    tokenizer.padding_side = side
     try:
         enc = tokenizer(prompts, padding=True, return_tensors="pt")
     finally:
@@ -62,7 +63,7 @@ def greedy_generate(model: torch.nn.Module, tokenizer, prompts: list[str], max_n
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        ids, mask = _encode_left(tokenizer, prompts[start:start + batch_size], device)
+        ids, mask = encode_batch(tokenizer, prompts[start:start + batch_size], device)
         # Left padding shifts the positions; count them from each row's first real token.
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         done = torch.zeros(ids.size(0), dtype=torch.bool, device=device)

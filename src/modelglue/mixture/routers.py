@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelglue.errors import ModelGlueError
+from modelglue.evaluate.generate import encode_batch
 
 ROUTER_KINDS = ("hidden", "embed", "random", "trained", "uniform")
 POOLINGS = ("mean", "last", "first")
@@ -45,13 +46,7 @@ def check_router_kind(kind: str, level: str) -> None:
 
 def encode(tokenizer, prompts: list[str], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and mask (positions then start at 0 in every row)."""
-    old = tokenizer.padding_side
-    tokenizer.padding_side = "right"
-    try:
-        enc = tokenizer(prompts, padding=True, return_tensors="pt")
-    finally:
-        tokenizer.padding_side = old
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    return encode_batch(tokenizer, prompts, device, side="right")
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:
