@@ -51,7 +51,7 @@ def main() -> int:
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM
 
-    paths = build_checkpoints(args.out / f"ckpt-{args.size}-float32", args.size, "float32")
+    paths = build_checkpoints(args.out / f"models-{args.size}-float32", args.size, "float32")  # as merge_vs_mergekit
     vocab = PRESETS[args.size]["vocab_size"]
     merger = InMemoryMerger()
     model = AutoModelForCausalLM.from_pretrained(paths[0], dtype=torch.float32)
