@@ -56,22 +56,7 @@ LLAMA = dict(
     eos_token_id=2,
     pad_token_id=0,
 )
-QWEN2 = dict(
-    architectures=["Qwen2ForCausalLM"],
-    model_type="qwen2",
-    hidden_size=24,
-    intermediate_size=48,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=64,
-    max_position_embeddings=128,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
-    bos_token_id=1,
-    eos_token_id=2,
-    pad_token_id=0,
-)
+QWEN2 = {**LLAMA, "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "tie_word_embeddings": True}
 
 
 def _gen(seed: int) -> torch.Generator:
