@@ -103,32 +103,16 @@ def bandwidth(device: str) -> dict:
 
 def spot_check_linear(recipe: dict, out: Path, k: int = 4) -> str:
     """Recompute a few tensors of a linear merge directly (float64) and compare."""
-    import torch
-    from safetensors import safe_open
+    from modelglue.io import Checkpoint
 
-    def locate(d: Path) -> dict:
-        m = {}
-        for f in sorted(d.glob("*.safetensors")):
-            with safe_open(str(f), "pt") as sf:
-                for name in sf.keys():
-                    m[name] = f
-        return m
-
-    omap = locate(out)
-    names = sorted(omap)
+    merged = Checkpoint(out)
+    names = sorted(merged.names())
     pick = names[:2] + names[len(names) // 2: len(names) // 2 + 1] + names[-1:]
-    ws = [(Path(m["model"]), m["parameters"]["weight"]) for m in recipe["models"]]
-    maps = [locate(p) for p, _ in ws]
+    ws = [(Checkpoint(Path(m["model"])), m["parameters"]["weight"]) for m in recipe["models"]]
     worst = 0.0
     for name in pick[:k]:
-        acc = None
-        for (p, w), mp in zip(ws, maps):
-            with safe_open(str(mp[name]), "pt") as sf:
-                t = sf.get_tensor(name).double() * w
-            acc = t if acc is None else acc + t
-        acc /= sum(w for _, w in ws)
-        with safe_open(str(omap[name]), "pt") as sf:
-            got = sf.get_tensor(name)
+        acc = sum(ck.get(name).double() * w for ck, w in ws) / sum(w for _, w in ws)
+        got = merged.get(name)
         worst = max(worst, (got.double() - acc.to(got.dtype).double()).abs().max().item())
     return f"{len(pick[:k])} tensors, max abs diff vs float64 formula {worst:.2e}"
 

@@ -283,23 +283,15 @@ def prepare_cache(mode: str, inputs: list[Path]) -> str:
 
 def compare_outputs(a: Path, b: Path) -> dict:
     """Max abs diff over all tensors of two output dirs (streamed, tensor by tensor)."""
-    from safetensors import safe_open
+    from modelglue.io import Checkpoint
 
-    def index(d):
-        m = {}
-        for f in sorted(d.glob("*.safetensors")):
-            with safe_open(str(f), "pt") as sf:
-                for k in sf.keys():
-                    m[k] = f
-        return m
-
-    ia, ib = index(a), index(b)
-    res = {"same_names": set(ia) == set(ib), "missing": sorted(set(ib) - set(ia))[:5],
-           "extra": sorted(set(ia) - set(ib))[:5], "max_abs_diff": 0.0, "worst": None,
+    ca, cb = Checkpoint(a), Checkpoint(b)
+    ia, ib = set(ca.names()), set(cb.names())
+    res = {"same_names": ia == ib, "missing": sorted(ib - ia)[:5],
+           "extra": sorted(ia - ib)[:5], "max_abs_diff": 0.0, "worst": None,
            "tensors_differing": 0, "elements_differing": 0, "tensors": 0}
-    for k in sorted(set(ia) & set(ib)):
-        with safe_open(str(ia[k]), "pt") as fa, safe_open(str(ib[k]), "pt") as fb:
-            x, y = fa.get_tensor(k), fb.get_tensor(k)
+    for k in sorted(ia & ib):
+        x, y = ca.get(k), cb.get(k)
         if x.shape != y.shape:
             res["shape_mismatch"] = k
             continue
