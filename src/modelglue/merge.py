@@ -64,10 +64,6 @@ class Plan:
     def specs(self) -> list[TensorSpec]:
         return [TensorSpec(t.name, t.shape, t.dtype) for t in self.tasks]
 
-    @property
-    def input_bytes(self) -> int:
-        return sum(self.checkpoints[m].nbytes(n) for t in self.tasks for m, n in t.inputs)
-
 
 def plan_merge(recipe: Recipe, *, seed: int | None = None, allow_pickle: bool = False,
                checkpoints: dict[Path, Checkpoint] | None = None) -> Plan:

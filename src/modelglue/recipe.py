@@ -53,7 +53,6 @@ class Recipe:
     dtype: str | None = None
     out_dtype: str | None = None
     tokenizer_source: str | Path | None = None  # 'base', a model path, or None (the base / first model)
-    uses_models_form: bool = False
     raw: dict = field(default_factory=dict)  # the recipe as written, saved next to the output
 
     def models(self) -> list[Path]:
@@ -226,7 +225,7 @@ def _validate(raw: dict, where: str, base_dir: Path | None) -> Recipe:
         merge_method=method.name, slices=slices, base_model=base,
         parameters=params(raw.get("parameters"), "parameters"),
         dtype=_dtype(raw.get("dtype"), "dtype", where), out_dtype=_dtype(raw.get("out_dtype"), "out_dtype", where),
-        tokenizer_source=tok, uses_models_form=has_models, raw=raw,
+        tokenizer_source=tok, raw=raw,
     )
 
 
