@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import merge_vs_mergekit as mvm  # noqa: E402
+import merge_bench as mvm  # noqa: E402
 
 DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")
 SIZE = os.environ.get("GPU_CHECK_SIZE", "1.5b")

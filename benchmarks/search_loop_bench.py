@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from merge_vs_mergekit import PRESETS, build_checkpoints  # noqa: E402  (the same random Llama checkpoints)
+from merge_bench import PRESETS, build_checkpoints  # noqa: E402  (the same random Llama checkpoints)
 
 from modelglue.merge import InMemoryMerger, merge  # noqa: E402
 
@@ -51,7 +51,7 @@ def main() -> int:
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM
 
-    paths = build_checkpoints(args.out / f"models-{args.size}-float32", args.size, "float32")  # as merge_vs_mergekit
+    paths = build_checkpoints(args.out / f"models-{args.size}-float32", args.size, "float32")  # as merge_bench
     vocab = PRESETS[args.size]["vocab_size"]
     merger = InMemoryMerger()
     model = AutoModelForCausalLM.from_pretrained(paths[0], dtype=torch.float32)

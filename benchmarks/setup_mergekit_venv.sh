@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create (idempotently) .venv-mergekit: mergekit 0.1.5 in its own venv, used as the
-# reference implementation by benchmarks/make_golden.py and benchmarks/merge_vs_mergekit.py.
+# reference implementation by benchmarks/make_golden.py and benchmarks/merge_bench.py.
 # Usage: bash benchmarks/setup_mergekit_venv.sh   (from anywhere)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

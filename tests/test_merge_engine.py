@@ -236,9 +236,13 @@ def test_public_api_exports():
     assert modelglue.merge is merge and modelglue.InMemoryMerger is InMemoryMerger
 
 
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "passthrough", "ties"])
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "passthrough", "ties", "ties-index", "dare_ties", "slerp",
+                                    "model_stock", "model_stock-filter",
+                                    "dare_linear", "breadcrumbs_ties", "della"])
 def test_chunked_streaming_gives_the_same_tensors(zoo, tmp_path, monkeypatch, method):
-    """Elementwise methods stream big tensors in chunks; the result must not change."""
+    """Elementwise methods (TIES, DARE and breadcrumbs after one look at each whole task
+    vector) stream big tensors in chunks; the result must not change."""
+    method, _, variant = method.partition("-")
     engine = sys.modules["modelglue.merge"]
     a, b, c = zoo["llama"]
     recipe = {"merge_method": method, "dtype": "float32"}
@@ -255,13 +259,24 @@ def test_chunked_streaming_gives_the_same_tensors(zoo, tmp_path, monkeypatch, me
         if method == "task_arithmetic":
             for m in recipe["models"]:
                 m["parameters"].pop("density")
+        if method in ("dare_linear", "breadcrumbs_ties"):
+            recipe["parameters"] = {"rescale": True}  # the L1 rescale, summed over the whole tensor
+        if method == "della":
+            recipe["parameters"] = {"epsilon": 0.1}
+        if variant == "index":
+            recipe["parameters"] = {"tie_order": "index"}
+        if method == "slerp":
+            recipe["parameters"] = {"t": 0.3}
+            recipe["models"].pop()
+        if method == "model_stock":
+            recipe["parameters"] = {"filter_wise": variant == "filter"}
     whole = InMemoryMerger().state_dict(recipe)
     monkeypatch.setattr(engine, "CHUNK_ELEMS", 100)  # every 2-D tensor of the tiny model is chunked
     pieces = []
     original = engine.compute_tensor
-    monkeypatch.setattr(engine, "compute_tensor", lambda p, t, ts, d="cpu": pieces.append(t.name) or original(p, t, ts, d))
+    monkeypatch.setattr(engine, "compute_tensor", lambda p, t, ts, d="cpu", **kw: pieces.append(t.name) or original(p, t, ts, d, **kw))
     streamed = tensors(merge(recipe, tmp_path / "out"))
-    assert (len(pieces) > len(whole)) == (method != "ties")  # chunks only for elementwise methods
+    assert (len(pieces) > len(whole)) == (method != "della")  # chunks only for elementwise methods
     assert set(streamed) == set(whole)
     for name in whole:
         assert torch.equal(streamed[name], whole[name]), name

@@ -110,13 +110,12 @@ def test_breadcrumbs_drops_outliers_and_small_values():
 
 def test_dare_is_seeded_keeps_density_and_rescales():
     d = T(rng.normal(size=(200, 200)))
-    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
-    a, b = random_drop(d, 0.3, "density", generator=g1), random_drop(d, 0.3, "density", generator=g2)
-    assert torch.equal(a, b)
+    a, b = random_drop(d, 0.3, "density", seed=7), random_drop(d, 0.3, "density", seed=7)
+    assert torch.equal(a, b) and not torch.equal(a, random_drop(d, 0.3, "density", seed=8))
     kept = a != 0
     assert abs(kept.float().mean().item() - 0.3) < 0.01
     close(a[kept], (d[kept] / 0.3).double().numpy())  # the DARE paper's 1/p rescale
-    l1 = random_drop(d, 0.3, "l1", generator=torch.Generator().manual_seed(1))
+    l1 = random_drop(d, 0.3, "l1", seed=1)
     assert abs(l1.abs().sum().item() - d.abs().sum().item()) / d.abs().sum().item() < 1e-4  # mergekit's L1 rescale
 
 
@@ -125,7 +124,7 @@ def test_della_keeps_large_magnitudes_more_often():
     m = get_method("della")
     out = m.fn(T(np.zeros((64, 512))), [d], weight=[1.0], density=[0.5], normalize=False, rescale=False,
                rescale_mode="l1", lambda_=1.0, int8_mask=False, epsilon=[0.3],
-               generators=[torch.Generator().manual_seed(0)])
+               seeds=[0])
     kept = (out != 0).double()
     big = d.abs() > d.abs().median(dim=1, keepdim=True).values
     assert kept[big].mean() > kept[~big].mean() + 0.15  # keep-probability rises with rank
@@ -136,7 +135,7 @@ def test_della_rejects_bad_epsilon():
     m = get_method("della")
     with pytest.raises(ModelGlueError, match="epsilon"):
         m([T(BASE), T(FTS[0])], 0, {"normalize": True, "rescale": True, "rescale_mode": "l1", "lambda": 1.0, "int8_mask": False},
-          [{}, {"weight": 1.0, "density": 0.9, "epsilon": 0.2}], [torch.Generator()])
+          [{}, {"weight": 1.0, "density": 0.9, "epsilon": 0.2}], [0])
 
 
 def test_model_stock_formula():
@@ -166,3 +165,38 @@ def test_ties_at_the_trim_cut_follow_mergekit_sort_order_or_index():
     assert torch.equal(by_sort, expected)
     untied = torch.tensor([5.0, -4.0, 3.0, 0.5, -0.2, 0.1])
     assert torch.equal(magnitude(untied, 0.5, tie_order="index"), magnitude(untied, 0.5, tie_order="sort"))
+
+
+@pytest.mark.parametrize("values", ["distinct", "few_levels", "zeros", "bf16"])
+def test_rank_cut_matches_a_stable_sort(values):
+    """The radix select + index tie-break puts exactly the first p entries of a stable
+    ascending sort below the cut, for any p, with or without equal magnitudes."""
+    from modelglue.methods.task_vectors import RADIX_BLOCK, rank_cut
+
+    g = torch.Generator().manual_seed(3)
+    n = 5000
+    mags = {"distinct": torch.rand(n, generator=g),
+            "few_levels": torch.randint(0, 7, (n,), generator=g).float() / 3,
+            "zeros": torch.zeros(n),
+            "bf16": torch.randn(n, generator=g).abs().bfloat16().float()}[values]
+    order = torch.sort(mags, stable=True).indices
+    for p in [0, 1, 2, 17, n // 3, n // 2, n - 1, n]:
+        cut = rank_cut(mags, p)
+        expected = torch.zeros(n, dtype=torch.bool)
+        expected[order[:p]] = True
+        got = torch.cat([cut.below(mags[a:a + 777], a) for a in range(0, n, 777)])  # any slicing
+        assert torch.equal(got, expected), (values, p)
+        value = mags[order[p]] if p < n else None
+        assert cut.ambiguous == (value is not None and 0 < p and bool((mags[order[:p]] == value).any()))
+    assert RADIX_BLOCK >= 1 << 16
+
+
+def test_dare_mask_is_the_same_whole_or_in_slices():
+    from modelglue.methods.task_vectors import RANDOM_BLOCK, random_mask
+
+    size = 2 * RANDOM_BLOCK + 1234
+    whole = random_mask(5, 0.3, size, 0, size, "cpu")
+    parts = torch.cat([random_mask(5, 0.3, size, a, min(size, a + 100_000) - a, "cpu") for a in range(0, size, 100_000)])
+    assert torch.equal(whole, parts)
+    assert abs(whole.float().mean().item() - 0.3) < 0.005
+    assert not torch.equal(whole, random_mask(6, 0.3, size, 0, size, "cpu"))

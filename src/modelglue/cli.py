@@ -94,7 +94,8 @@ def _parse_size(text: str) -> int:
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--device", default="cpu", show_default=True, help="Where the arithmetic runs: cpu or cuda.")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: all cores).")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads for torch (default: 1 for streamed elementwise methods, else all cores).")
 @click.option("--shard-size", default="5GB", show_default=True, help="Largest output shard, e.g. 2GB, 500MB.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for randomised methods (dare_*, della*).")
 @click.option("--allow-pickle", is_flag=True, help="Read .bin/.pt checkpoints (with torch.load(weights_only=True)).")

@@ -10,7 +10,6 @@ from tensors kept resident and writes into a live model, for search loops.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import queue
@@ -27,6 +26,7 @@ from modelglue.arch import group_by_layer, layer_count_key, layer_name, num_laye
 from modelglue.errors import ModelGlueError
 from modelglue.io import Checkpoint, ShardedWriter, TensorSpec, atomic_output_dir, check_output_dir, copy_tokenizer_files
 from modelglue.methods import REQUIRED, MergeMethod, get_method
+from modelglue.methods.task_vectors import derive_seed
 from modelglue.recipe import OutputSlice, Recipe, SliceSource, evaluate_setting, load_recipe, recipe_to_yaml
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -228,25 +228,17 @@ class ResidentSource:
         return self.cache[key]
 
 
-def _generator(seed: int, tensor: str, i: int, device: str) -> torch.Generator:
-    digest = hashlib.blake2b(f"{seed}\0{tensor}\0{i}".encode(), digest_size=8).digest()
-    g = torch.Generator(device=device)
-    g.manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
-    return g
-
-
-def compute_tensor(plan: Plan, task: TensorTask, tensors: list[torch.Tensor], device: str = "cpu") -> torch.Tensor:
-    """Apply the plan's method to one output tensor's inputs (already fetched)."""
+def compute_tensor(plan: Plan, task: TensorTask, tensors: list[torch.Tensor], device: str = "cpu", *,
+                   state: Any = None, start: int = 0) -> torch.Tensor:
+    """Apply the plan's method to one output tensor's inputs (already fetched): whole
+    tensors, or with the method's prepared `state` a flat slice beginning at `start`."""
     if task.copy_only:
         return tensors[task.base_index or 0]
     work = TORCH_DTYPES.get(plan.recipe.dtype or "")
     tensors = [t.to(device=device, dtype=work or t.dtype, non_blocking=True) for t in tensors]
-    generators = None
-    if plan.method.randomized:
-        generators = [_generator(plan.seed, task.name, i, device) for i in range(len(tensors))
-                      if i != task.base_index]
     try:
-        out = plan.method(tensors, task.base_index, task.shared, task.per_input, generators)
+        out = plan.method(tensors, task.base_index, task.shared, task.per_input, _seeds(plan, task),
+                          state=state, start=start)
     except ModelGlueError as exc:
         raise ModelGlueError(f"tensor {task.name}: {exc}") from None
     out = out.to(task.dtype)
@@ -258,6 +250,32 @@ def compute_tensor(plan: Plan, task: TensorTask, tensors: list[torch.Tensor], de
         why = f"non-finite values in input {', '.join(bad)}" if bad else "the result is not finite (weights summing to zero?)"
         raise ModelGlueError(f"tensor {task.name}: {why}")
     return out
+
+
+def _seeds(plan: Plan, task: TensorTask) -> list[int] | None:
+    """Randomised methods get one seed per non-base input, from (seed, tensor, input)."""
+    if not plan.method.randomized:
+        return None
+    return [derive_seed(plan.seed, task.name, str(i)) for i in range(len(task.inputs)) if i != task.base_index]
+
+
+def prepare_state(plan: Plan, task: TensorTask, source: Any, device: str = "cpu") -> Any:
+    """What a two-pass method must know of the whole tensors before chunks of them
+    (TIES: each task vector's magnitude ranks), read slice by slice from `source`."""
+    if task.copy_only or plan.method.prepare is None:
+        return None
+    work = TORCH_DTYPES.get(plan.recipe.dtype or "")
+
+    def read(i: int, start: int, stop: int) -> torch.Tensor:
+        m, name = task.inputs[i]
+        t = source.get_part(m, name, start, stop)
+        return t.to(device=device, dtype=work or t.dtype)
+
+    try:
+        return plan.method.prepare_state(read, task.shape, task.base_index, task.shared, task.per_input,
+                                         _seeds(plan, task))
+    except ModelGlueError as exc:
+        raise ModelGlueError(f"tensor {task.name}: {exc}") from None
 
 
 def execute(plan: Plan, source: TensorSource, sink: Callable[[TensorTask, torch.Tensor], None], *,
@@ -297,15 +315,21 @@ def execute(plan: Plan, source: TensorSource, sink: Callable[[TensorTask, torch.
             done.record(copy_stream)
         return tensors, done
 
+    state: Any = None
+
     def run(item: tuple[TensorTask, tuple[int, int] | None], fetched: tuple[list[torch.Tensor], Any]) -> None:
+        nonlocal state
         (task, part), (tensors, done) = item, fetched
         if done is not None:
             main_stream = torch.cuda.current_stream(device)
             main_stream.wait_event(done)
             for t in tensors:  # memory made on the copy stream is now used on the main one
                 t.record_stream(main_stream)
-        sink(task, compute_tensor(plan, task, tensors, device))
+        if part is not None and part[0] == 0:  # first chunk of a tensor: look at it whole first
+            state = prepare_state(plan, task, source, device)
+        sink(task, compute_tensor(plan, task, tensors, device, state=state, start=part[0] if part else 0))
         if part is None or part[1] == math.prod(task.shape):
+            state = None
             bar.update()
 
     bar = tqdm(total=len(plan.tasks), desc=desc, unit="tensor", disable=not progress, leave=False)
@@ -372,10 +396,25 @@ def merge(recipe: str | Path | dict | Recipe, out_dir: str | Path, *, device: st
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     out_dir = Path(out_dir)
     device = _check_device(device)
-    if threads:
-        torch.set_num_threads(threads)
     check_output_dir(out_dir, rec.models(), overwrite)
     plan = plan_merge(rec, seed=seed, allow_pickle=allow_pickle)
+    if threads is None and plan.method.elementwise and device == "cpu":
+        # Streamed in 2 MB chunks, the arithmetic of one chunk is too short for torch's
+        # intra-op threads to pay off (and they spin when a core is busy): the reader
+        # and writer threads already keep the other cores working.
+        threads = 1
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        _merge_planned(plan, out_dir, device, shard_size, progress, fsync)
+    finally:
+        torch.set_num_threads(old_threads)
+    return out_dir
+
+
+def _merge_planned(plan: Plan, out_dir: Path, device: str, shard_size: int | None, progress: bool,
+                   fsync: bool) -> None:
     with atomic_output_dir(out_dir) as tmp:
         writer = ShardedWriter(tmp, plan.specs(), shard_size, metadata={"merged_by": "modelglue"}, fsync=fsync)
         background = _BackgroundWriter(writer)
@@ -386,7 +425,6 @@ def merge(recipe: str | Path | dict | Recipe, out_dir: str | Path, *, device: st
             background.finish()
         writer.close()
         _write_model_files(plan, tmp)
-    return out_dir
 
 
 def _check_device(device: str) -> str:

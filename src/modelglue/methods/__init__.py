@@ -8,14 +8,15 @@ Names, scopes and defaults follow mergekit 0.1.5 so its recipes run unchanged.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
 from modelglue.errors import ModelGlueError
-from modelglue.methods.basic import linear, model_stock, passthrough, slerp
-from modelglue.methods.task_vectors import task_vector_merge
+from modelglue.methods.basic import linear, model_stock, model_stock_prepare, passthrough, slerp, slerp_prepare
+from modelglue.methods.task_vectors import prepare_keeps, task_vector_merge
 
 REQUIRED = object()
 
@@ -61,10 +62,16 @@ class MergeMethod:
     needs_base: bool = False
     min_inputs: int = 1
     max_inputs: int | None = None
-    randomized: bool = False
-    # Each output entry depends only on the same entry of the inputs: big tensors can then
-    # be streamed in chunks (memory = chunk x inputs instead of tensor x inputs).
+    randomized: bool = False  # takes `seeds`: one per non-base input
+    # Each output entry depends only on the same entry of the inputs (given what `prepare`
+    # found, if the method has one): big tensors can then be streamed in chunks, memory =
+    # chunk x inputs instead of tensor x inputs.
     elementwise: bool = False
+    # prepare(read, shape, base_index, num_inputs, **params) -> state looks at the whole
+    # inputs once (read(i, start, stop): a flat slice of input i) before `fn` runs on
+    # flat chunks with state=..., start=... (TIES needs each task vector's magnitude
+    # ranks first, slerp the angle between the tensors).
+    prepare: Callable[..., Any] | None = None
     description: str = ""
     reference: str = ""
     fixed: dict = field(default_factory=dict)  # keyword arguments baked into this method
@@ -72,9 +79,8 @@ class MergeMethod:
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
 
-    def __call__(self, tensors: list[torch.Tensor], base_index: int | None, shared: dict[str, Any],
-                 per_input: list[dict[str, Any]], generators: list[torch.Generator] | None = None) -> torch.Tensor:
-        """Bind resolved parameters to the plain function and run it."""
+    def _kwargs(self, base_index: int | None, shared: dict[str, Any], per_input: list[dict[str, Any]],
+                seeds: list[int] | None) -> dict[str, Any]:
         kwargs = dict(self.fixed)
         for p in self.params:
             key = "lambda_" if p.name == "lambda" else p.name
@@ -82,16 +88,33 @@ class MergeMethod:
                 kwargs[key] = shared[p.name]
             elif p.scope == "input":
                 kwargs[key] = [pi[p.name] for pi in per_input]
+            elif p.scope == "non_base" and self.needs_base:
+                kwargs[key] = [pi[p.name] for i, pi in enumerate(per_input) if i != base_index]
+        if self.randomized:
+            kwargs["seeds"] = seeds
+        return kwargs
+
+    def __call__(self, tensors: list[torch.Tensor], base_index: int | None, shared: dict[str, Any],
+                 per_input: list[dict[str, Any]], seeds: list[int] | None = None, *,
+                 state: Any = None, start: int = 0) -> torch.Tensor:
+        """Bind resolved parameters to the plain function and run it (on whole tensors, or
+        with `state` from prepare_state on the flat slice beginning at entry `start`)."""
+        kwargs = self._kwargs(base_index, shared, per_input, seeds)
+        if self.prepare is not None:
+            kwargs.update(state=state, start=start)
         if not self.needs_base:
             return self.fn(tensors, **kwargs)
-        base = tensors[base_index]
         others = [t for i, t in enumerate(tensors) if i != base_index]
-        for p in self.params:
-            if p.scope == "non_base":
-                kwargs[p.name] = [pi[p.name] for i, pi in enumerate(per_input) if i != base_index]
-        if self.randomized:
-            kwargs["generators"] = generators
-        return self.fn(base, others, **kwargs)
+        return self.fn(tensors[base_index], others, **kwargs)
+
+    def prepare_state(self, read: Callable[[int, int, int], torch.Tensor], shape: tuple[int, ...],
+                      base_index: int | None, shared: dict[str, Any], per_input: list[dict[str, Any]],
+                      seeds: list[int] | None = None) -> Any:
+        """What `fn` needs to know about the whole tensors before it can run on chunks."""
+        if self.prepare is None:
+            return None
+        return self.prepare(read, shape, base_index, len(per_input),
+                            **self._kwargs(base_index, shared, per_input, seeds))
 
 
 REGISTRY: dict[str, MergeMethod] = {}
@@ -128,11 +151,13 @@ register(MergeMethod(
 
 register(MergeMethod(
     "slerp", slerp, (Param("t", float, **UNIT),), needs_base=True, min_inputs=2, max_inputs=2,
+    elementwise=True, prepare=slerp_prepare,
     description="Spherical interpolation from the base to one other model.",
     reference="https://en.wikipedia.org/wiki/Slerp"))
 
 register(MergeMethod(
     "model_stock", model_stock, (Param("filter_wise", bool, default=False),), needs_base=True, min_inputs=3,
+    elementwise=True, prepare=model_stock_prepare,
     description="Interpolate towards the fine-tunes' mean by their task vectors' geometry.",
     reference="https://arxiv.org/abs/2403.19522"))
 
@@ -160,16 +185,27 @@ def _task_vector_method(name: str, sparsify: str | None, consensus: str | None, 
         params.append(Param("gamma", float, "non_base", default=0.01, **UNIT))
     if sparsify == "della":
         params.append(Param("epsilon", float, "non_base", default=0.15, **UNIT))
+    streamed = sparsify in ("magnitude", "magnitude_outliers", "random")
     return MergeMethod(
         name, functools.partial(_task_vector_call, sparsify=sparsify, consensus=consensus), tuple(params),
         needs_base=True, min_inputs=1, randomized=sparsify in ("random", "della"),
-        elementwise=sparsify is None and consensus is None,
+        elementwise=sparsify is None or streamed,
+        prepare=functools.partial(_task_vector_prepare, sparsify=sparsify) if streamed else None,
         description=description, reference=reference)
 
 
-def _task_vector_call(base, others, *, weight, density, normalize, rescale, rescale_mode, lambda_,
-                      int8_mask, gamma=None, epsilon=None, generators=None, sparsify=None, consensus=None,
-                      tie_order="sort"):
+def _task_vector_prepare(read, shape, base_index, num_inputs, *, density, rescale, rescale_mode, gamma=None,
+                         seeds=None, tie_order="sort", sparsify=None, **_):
+    """Keep rules of the task vectors d_i = input_i - base, read slice by slice."""
+    _check_task_vector_params(rescale_mode, tie_order, density, None)
+    others = [i for i in range(num_inputs) if i != base_index]
+    first = read(base_index, 0, 1)
+    return prepare_keeps(lambda i, a, b: read(others[i], a, b) - read(base_index, a, b), math.prod(shape), first.dtype,
+                         sparsify=sparsify, density=density, rescale=rescale_mode if rescale else None,
+                         gamma=gamma, tie_order=tie_order, seeds=seeds)
+
+
+def _check_task_vector_params(rescale_mode, tie_order, density, epsilon):
     if rescale_mode not in ("l1", "density"):
         raise ModelGlueError(f"parameter 'rescale_mode' must be 'l1' or 'density', got {rescale_mode!r}")
     if tie_order not in ("sort", "index"):
@@ -178,10 +214,16 @@ def _task_vector_call(base, others, *, weight, density, normalize, rescale, resc
         for d, e in zip(density, epsilon):
             if d < 1 and not (0 < d - e and d + e < 1):
                 raise ModelGlueError(f"della needs 0 < density - epsilon and density + epsilon < 1 (density {d:g}, epsilon {e:g})")
+
+
+def _task_vector_call(base, others, *, weight, density, normalize, rescale, rescale_mode, lambda_,
+                      int8_mask, gamma=None, epsilon=None, seeds=None, sparsify=None, consensus=None,
+                      tie_order="sort", state=None, start=0):
+    _check_task_vector_params(rescale_mode, tie_order, density, epsilon)
     return task_vector_merge(
         base, others, weight, density, sparsify=sparsify, consensus=consensus, normalize=normalize,
         rescale=rescale_mode if rescale else None, lambda_=lambda_, gamma=gamma, epsilon=epsilon,
-        generators=generators, tie_order=tie_order)
+        seeds=seeds, tie_order=tie_order, keeps=state, start=start)
 
 
 for _args in (

@@ -8,13 +8,240 @@ All share one formula over task vectors d_i = theta_i - base:
 
 The named methods differ only in which sparsifier and consensus they use and in their
 defaults (mergekit 0.1.5's), declared in methods/__init__.py.
+
+Which entries a sparsifier keeps depends on the whole tensor (a magnitude rank, an L1
+norm), but once that is known every output entry depends only on the same entry of the
+inputs. So the sparsifiers that can be streamed (top-k, outliers, random) are split in
+two: `prepare_keeps` looks at each whole task vector once and returns a `Keep` per
+fine-tune; `task_vector_merge` then applies it to any flat slice of the tensors. The
+engine streams big tensors through that in chunks; called on whole tensors, the same
+function prepares its keeps itself.
 """
 from __future__ import annotations
 
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
+RADIX_BLOCK = 1 << 22  # entries per bincount in the radix select: bounds its int64 temporaries
+RANDOM_BLOCK = 1 << 19  # DARE draws its random numbers per block of this many entries, seeded by
+# (seed, block): the same mask whether a tensor is merged whole or in chunks (aligned to blocks)
 
-# ---------------------------------------------------------------- sparsifiers (keep masks)
+
+# ---------------------------------------------------------------- exact ranks of magnitudes
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A cut at position p of the ascending order of magnitudes, equal magnitudes taken in
+    index order: entry j lies below it iff m_j < value, or m_j == value and j < split.
+    `ambiguous`: equal magnitudes fall on both sides of the cut."""
+
+    value: float
+    split: int
+    ambiguous: bool = False
+
+    def below(self, mags: torch.Tensor, start: int) -> torch.Tensor:
+        """Which entries of mags (the flat slice starting at `start`) lie below the cut."""
+        below = mags < self.value
+        inside = min(max(self.split - start, 0), mags.numel())
+        if inside:
+            below[:inside] |= mags[:inside] == self.value
+        return below
+
+
+def select(mags: torch.Tensor, p: int) -> tuple[float, int, int]:
+    """The p-th smallest (0-based) of the non-negative float32 `mags`, how many entries
+    are smaller and how many equal it. A two-level radix select on the float bits (which
+    order non-negative floats like their values): two bincount passes, no copy or sort
+    of the tensor, several times faster than torch.kthvalue."""
+    bits = mags.view(torch.int32)
+    high = sum(torch.bincount(b >> 16, minlength=1 << 16) for b in bits.split(RADIX_BLOCK))
+    cum = high.cumsum(0)
+    top = int(torch.searchsorted(cum, p, right=True))  # the bin of the p-th smallest
+    before = int(cum[top - 1]) if top else 0
+    low = sum(torch.bincount(b[(b >> 16) == top] & 0xFFFF, minlength=1 << 16) for b in bits.split(RADIX_BLOCK))
+    cum_low = low.cumsum(0)
+    bottom = int(torch.searchsorted(cum_low, p - before, right=True))
+    less = before + (int(cum_low[bottom - 1]) if bottom else 0)
+    value = torch.tensor([(top << 16) | bottom], dtype=torch.int32).view(torch.float32).item()
+    return value, less, int(low[bottom])
+
+
+def rank_cut(mags: torch.Tensor, p: int) -> Cut:
+    """The cut with exactly p entries of the flat float32 `mags` below it."""
+    n = mags.numel()
+    if p <= 0:
+        return Cut(-math.inf, 0)
+    if p >= n:
+        return Cut(math.inf, n)
+    value, less, equal = select(mags, p)
+    tied_below = p - less  # the first `tied_below` entries equal to value, in index order
+    if tied_below == 0:
+        return Cut(value, 0)
+    seen = 0
+    for start in range(0, n, RADIX_BLOCK):
+        tied = (mags[start:start + RADIX_BLOCK] == value).nonzero().flatten()
+        if seen + len(tied) >= tied_below:
+            return Cut(value, start + int(tied[tied_below - seen - 1]) + 1, ambiguous=tied_below < equal)
+        seen += len(tied)
+    raise AssertionError("unreachable: select counted more equal entries")
+
+
+# ---------------------------------------------------------------- sparsifiers as keep rules
+
+
+@dataclass
+class Keep:
+    """Which entries of one task vector survive, and the factor survivors are scaled by.
+    Either by magnitude rank (entries at or above `low`, below `high`; or, where mergekit's
+    sort order decides equal magnitudes, an explicit mask) or at random (`seed`, `density`)."""
+
+    low: Cut | None = None
+    high: Cut | None = None
+    explicit: torch.Tensor | None = None  # flat bool mask over the whole tensor
+    seed: int | None = None
+    density: float = 1.0
+    size: int = 0  # entries in the whole tensor (random keeps draw whole blocks of it)
+    scale: torch.Tensor | float | None = None
+
+    def mask(self, delta: torch.Tensor, start: int) -> torch.Tensor:
+        """Bool mask of the survivors in `delta`, the flat slice starting at `start`."""
+        n = delta.numel()
+        if self.seed is not None:
+            return random_mask(self.seed, self.density, self.size, start, n, delta.device)
+        if self.explicit is not None:
+            return self.explicit[start:start + n]
+        mags = delta.abs().reshape(-1).float()
+        keep = torch.ones(n, dtype=torch.bool, device=delta.device)
+        if self.low is not None:
+            keep &= ~self.low.below(mags, start)
+        if self.high is not None:
+            keep &= self.high.below(mags, start)
+        return keep
+
+    def apply(self, delta: torch.Tensor, start: int) -> torch.Tensor:
+        kept = delta * self.mask(delta, start).reshape(delta.shape).to(delta.dtype)
+        return kept if self.scale is None else kept * self.scale
+
+
+def random_mask(seed: int, density: float, size: int, start: int, n: int, device: torch.device | str) -> torch.Tensor:
+    """Entries [start, start + n) of the DARE mask of a tensor of `size` entries: each kept
+    with probability `density`, drawn per whole RANDOM_BLOCK from a generator seeded by
+    (seed, block), so that any slicing of the tensor sees the same mask."""
+    parts = []
+    for block in range(start // RANDOM_BLOCK, (start + n - 1) // RANDOM_BLOCK + 1):
+        b0 = block * RANDOM_BLOCK
+        lo, hi = max(start, b0) - b0, min(start + n, b0 + RANDOM_BLOCK) - b0
+        g = torch.Generator(device=device)
+        g.manual_seed(derive_seed(seed, str(block)))
+        parts.append(torch.rand(min(RANDOM_BLOCK, size - b0), generator=g, device=device)[lo:hi] < density)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def derive_seed(seed: int, *keys: str) -> int:
+    digest = hashlib.blake2b("\0".join([str(seed), *keys]).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def prepare_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: torch.dtype, sparsify: str,
+                 density: float, rescale: str | None, gamma: float = 0.01, tie_order: str = "sort",
+                 seed: int | None = None) -> Keep | None:
+    """The keep rule of one task vector, given `read(start, stop)`: a flat slice of it.
+    Magnitude sparsifiers keep every |d| of the tensor once (float32, as mergekit ranks
+    them); random ones only stream through it for the L1 rescale."""
+    if density >= 1:
+        return None
+    if sparsify == "random":
+        keep = Keep(seed=seed, density=density, size=n)
+        if rescale == "density":
+            keep.scale = 1 / density if density > 0 else None
+        elif rescale == "l1":
+            before = after = 0.0
+            for a in range(0, n, RANDOM_BLOCK):
+                mags = read(a, min(n, a + RANDOM_BLOCK)).abs().double()
+                before += float(mags.sum())
+                after += float((mags * keep.mask(mags, a)).sum())
+            if before >= 1e-7 and after >= 1e-7:
+                keep.scale = before / after
+        return keep
+    mags = None
+    for a in range(0, n, RADIX_BLOCK):
+        part = read(a, min(n, a + RADIX_BLOCK)).abs().float()
+        if mags is None:
+            mags = torch.empty(n, dtype=torch.float32, device=part.device)
+        mags[a:a + RADIX_BLOCK] = part
+    if sparsify == "magnitude":  # TIES: the top density fraction (at least one entry)
+        lo, hi = (n - max(1, int(density * n)), n) if density > 0 else (n, n)
+    else:  # breadcrumbs: drop the top gamma fraction (outliers) and the smallest, keep density
+        kept, n_top = int(density * n), int(gamma * n)
+        lo = max(0, n - kept - n_top)
+        hi = lo + kept
+    keep = Keep(low=rank_cut(mags, lo), high=rank_cut(mags, hi) if hi < n else None)
+    if tie_order == "sort" and (keep.low.ambiguous or (keep.high is not None and keep.high.ambiguous)):
+        # Equal magnitudes straddle a cut: keep the ones mergekit's sort keeps (it ranks
+        # TIES by a descending argsort, breadcrumbs by an ascending sort). Sorting mags in
+        # place saves a copy of the tensor; the L1 rescale below still needs it.
+        keep = Keep(explicit=torch.zeros(n, dtype=torch.bool, device=mags.device))
+        values = mags if rescale != "l1" else mags.clone()
+        order = torch.empty(n, dtype=torch.int64, device=mags.device)
+        torch.sort(values, descending=sparsify == "magnitude", out=(values, order))
+        del values
+        keep.explicit[order[:n - lo] if sparsify == "magnitude" else order[lo:hi]] = True
+        del order
+    if rescale == "density":
+        keep.scale = 1 / density if density > 0 else None
+    elif rescale == "l1":  # match the L1 norm of the whole task vector, summed as mergekit does
+        whole = mags.to(dtype)
+        before = whole.sum()
+        after = whole.where(keep.mask(whole, 0), 0).sum()
+        if before >= 1e-7 and after >= 1e-7:
+            keep.scale = before / after
+    return keep
+
+
+def prepare_keeps(read: Callable[[int, int, int], torch.Tensor], n: int, dtype: torch.dtype, *,
+                  sparsify: str | None, density: list[float] | None, rescale: str | None,
+                  gamma: list[float] | None = None, tie_order: str = "sort",
+                  seeds: list[int] | None = None) -> list[Keep | None] | None:
+    """One keep rule per task vector; read(i, start, stop) is a flat slice of the i-th.
+    None when nothing is sparsified this way (no sparsifier, or DELLA's per-row ranks)."""
+    if sparsify not in ("magnitude", "magnitude_outliers", "random") or density is None:
+        return None
+    return [prepare_keep(lambda a, b, i=i: read(i, a, b), n, dtype, sparsify, density[i], rescale,
+                         gamma=gamma[i] if gamma else 0.01, tie_order=tie_order,
+                         seed=seeds[i] if seeds else None)
+            for i in range(len(density))]
+
+
+def _whole(delta: torch.Tensor, sparsify: str, density: float, rescale: str | None, **kwargs) -> torch.Tensor:
+    flat = delta.reshape(-1)
+    keep = prepare_keep(lambda a, b: flat[a:b], flat.numel(), delta.dtype, sparsify, density, rescale, **kwargs)
+    return delta if keep is None else keep.apply(delta, 0)
+
+
+def magnitude(delta: torch.Tensor, density: float, rescale: str | None = None, tie_order: str = "sort") -> torch.Tensor:
+    """TIES trim: keep the top `density` fraction of entries by magnitude (at least one).
+    Where equal magnitudes straddle the cut, tie_order 'sort' keeps the ones mergekit's
+    argsort keeps (bit-exact parity, at the cost of one sort of that tensor); 'index'
+    keeps the highest-index ones (always O(n))."""
+    return _whole(delta, "magnitude", density, rescale, tie_order=tie_order)
+
+
+def magnitude_outliers(delta: torch.Tensor, density: float, rescale: str | None = None,
+                       gamma: float = 0.01, tie_order: str = "sort") -> torch.Tensor:
+    """Breadcrumbs: drop the top `gamma` fraction (outliers) and the smallest entries,
+    keeping `density` of them. tie_order as for `magnitude` (mergekit orders by an
+    ascending sort; 'index' takes equal magnitudes lowest index first)."""
+    return _whole(delta, "magnitude_outliers", density, rescale, gamma=gamma, tie_order=tie_order)
+
+
+def random_drop(delta: torch.Tensor, density: float, rescale: str | None = None, seed: int = 0) -> torch.Tensor:
+    """DARE: keep each entry with probability `density` (seeded)."""
+    return _whole(delta, "random", density, rescale, seed=seed)
 
 
 def _rescale(delta: torch.Tensor, mask: torch.Tensor, rescale: str | None, density: float) -> torch.Tensor:
@@ -30,79 +257,8 @@ def _rescale(delta: torch.Tensor, mask: torch.Tensor, rescale: str | None, densi
     return kept
 
 
-def smallest_mask(values: torch.Tensor, r: int) -> tuple[torch.Tensor, bool]:
-    """Mask of the r smallest entries of a flat tensor, and whether that choice was
-    ambiguous (entries equal to the r-th smallest fall on both sides of the cut; they are
-    then taken lowest index first).
-
-    kthvalue finds the threshold in O(n), several times faster than the full sort mergekit
-    does on large tensors (the embedding of a 0.5B model has 136M entries).
-    """
-    n = values.numel()
-    if r <= 0 or r >= n:
-        return torch.full((n,), r > 0, dtype=torch.bool, device=values.device), False
-    threshold = torch.kthvalue(values, r).values
-    mask = values <= threshold
-    extra = int(mask.sum()) - r
-    if extra > 0:  # ties straddle the cut
-        tied = (values == threshold).nonzero().flatten()
-        mask[tied[len(tied) - extra:]] = False
-    return mask, extra > 0
-
-
-def magnitude(delta: torch.Tensor, density: float, rescale: str | None = None, tie_order: str = "sort",
-              **_) -> torch.Tensor:
-    """TIES trim: keep the top `density` fraction of entries by magnitude (at least one).
-    Where equal magnitudes straddle the cut, tie_order 'sort' keeps the ones mergekit's
-    argsort keeps (bit-exact parity, at the cost of one sort of that tensor); 'index'
-    keeps the highest-index ones (always O(n))."""
-    if density >= 1:
-        return delta
-    if density <= 0 or delta.numel() == 0:
-        return torch.zeros_like(delta)
-    n = delta.numel()
-    k = max(1, int(density * n))
-    mags = delta.abs().reshape(-1).float()
-    dropped, ambiguous = smallest_mask(mags, n - k)
-    keep = ~dropped
-    if ambiguous and tie_order == "sort":
-        keep = torch.zeros(n, dtype=torch.bool, device=delta.device)
-        keep[torch.argsort(mags, descending=True)[:k]] = True
-    return _rescale(delta, keep.reshape(delta.shape).to(delta.dtype), rescale, density)
-
-
-def magnitude_outliers(delta: torch.Tensor, density: float, rescale: str | None = None,
-                       gamma: float = 0.01, tie_order: str = "sort", **_) -> torch.Tensor:
-    """Breadcrumbs: drop the top `gamma` fraction (outliers) and the smallest entries,
-    keeping `density` of them; the outlier cut shrinks if needed to keep the density.
-    tie_order as for `magnitude` (mergekit orders by an ascending sort)."""
-    if density >= 1:
-        return delta
-    n = delta.numel()
-    keep, n_top = int(density * n), int(gamma * n)
-    n_bottom = max(0, n - keep - n_top)
-    mags = delta.abs().reshape(-1).float()
-    upper, amb_hi = smallest_mask(mags, n_bottom + keep)
-    lower, amb_lo = smallest_mask(mags, n_bottom)
-    window = upper & ~lower
-    if (amb_hi or amb_lo) and tie_order == "sort":
-        window = torch.zeros(n, dtype=torch.bool, device=delta.device)
-        window[torch.sort(mags).indices[n_bottom:n_bottom + keep]] = True
-    return _rescale(delta, window.reshape(delta.shape).to(delta.dtype), rescale, density)
-
-
-def random_drop(delta: torch.Tensor, density: float, rescale: str | None = None,
-                generator: torch.Generator | None = None, **_) -> torch.Tensor:
-    """DARE: keep each entry with probability `density` (seeded)."""
-    if density >= 1:
-        return delta
-    work = delta.float() if delta.dtype == torch.float16 else delta  # no fp16 bernoulli on CPU
-    mask = torch.bernoulli(torch.full_like(work, density), generator=generator)
-    return _rescale(work, mask, rescale, density).to(delta.dtype)
-
-
 def della_magprune(delta: torch.Tensor, density: float, rescale: str | None = None,
-                   epsilon: float = 0.15, generator: torch.Generator | None = None, **_) -> torch.Tensor:
+                   epsilon: float = 0.15, seed: int = 0) -> torch.Tensor:
     """DELLA: keep probabilities rise linearly with magnitude rank (per row) from
     density - epsilon to density + epsilon, then drop at random (seeded)."""
     if density >= 1:
@@ -115,16 +271,10 @@ def della_magprune(delta: torch.Tensor, density: float, rescale: str | None = No
     lo, hi = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
     rank01 = ((ranks - lo) / (hi - lo)).clamp(0, 1)
     probs = (density - epsilon) + rank01 * 2 * epsilon
+    generator = torch.Generator(device=delta.device)
+    generator.manual_seed(seed)
     mask = torch.bernoulli(probs, generator=generator)
     return _rescale(rows, mask, rescale, density).reshape(delta.shape).to(delta.dtype)
-
-
-SPARSIFIERS = {
-    "magnitude": magnitude,
-    "magnitude_outliers": magnitude_outliers,
-    "random": random_drop,
-    "della": della_magprune,
-}
 
 
 # ---------------------------------------------------------------- consensus
@@ -157,23 +307,31 @@ def task_vector_merge(
     lambda_: float = 1.0,
     gamma: list[float] | None = None,
     epsilon: list[float] | None = None,
-    generators: list[torch.Generator] | None = None,
+    seeds: list[int] | None = None,
     tie_order: str = "sort",
+    keeps: list[Keep | None] | None = None,
+    start: int = 0,
 ) -> torch.Tensor:
-    """base + lambda * (elected, weighted, sparsified task vectors), see the module doc."""
+    """base + lambda * (elected, weighted, sparsified task vectors), see the module doc.
+    With `keeps` (from prepare_keeps) the tensors may be any flat slice of the whole
+    ones, starting at entry `start`; without, they are whole and keeps are made here."""
     if not others:
         return base
-    deltas = torch.empty((len(others), *base.shape), dtype=base.dtype)
+    if keeps is None:
+        flat_base, flat = base.reshape(-1), [t.reshape(-1) for t in others]
+        keeps = prepare_keeps(lambda i, a, b: flat[i][a:b] - flat_base[a:b], base.numel(), base.dtype,
+                              sparsify=sparsify, density=density, rescale=rescale, gamma=gamma,
+                              tie_order=tie_order, seeds=seeds)
+    deltas = torch.empty((len(others), *base.shape), dtype=base.dtype, device=base.device)
     for i, theta in enumerate(others):
         d = theta - base
-        if sparsify:
-            d = SPARSIFIERS[sparsify](
-                d, density[i] if density else 1.0, rescale,
-                gamma=gamma[i] if gamma else 0.01, epsilon=epsilon[i] if epsilon else 0.15,
-                generator=generators[i] if generators else None, tie_order=tie_order,
-            )
+        if sparsify == "della":
+            d = della_magprune(d, density[i] if density else 1.0, rescale,
+                               epsilon=epsilon[i] if epsilon else 0.15, seed=seeds[i] if seeds else 0)
+        elif keeps is not None and keeps[i] is not None:
+            d = keeps[i].apply(d, start)
         deltas[i] = d
-    w = torch.tensor(weight, dtype=deltas.dtype).reshape(-1, *([1] * base.dim()))
+    w = torch.tensor(weight, dtype=deltas.dtype, device=deltas.device).reshape(-1, *([1] * base.dim()))
     deltas.mul_(w)
     if consensus:
         mask = sign_election_mask(deltas, consensus).to(deltas.dtype)

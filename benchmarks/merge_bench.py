@@ -1,10 +1,17 @@
 #!/usr/bin/env python3
 """Benchmark `modelglue merge` against mergekit 0.1.5 on random Llama checkpoints.
 
-    python benchmarks/merge_vs_mergekit.py --size 0.5b --methods linear,ties --out bench-out/
-    python benchmarks/merge_vs_mergekit.py --size tiny --methods linear,ties,dare_ties,slerp,model_stock
+    python benchmarks/merge_bench.py                       # 0.5B float32, the five recipes below
+    python benchmarks/merge_bench.py --size tiny --out bench-out/smoke      # seconds: a smoke test
+    python benchmarks/merge_bench.py --methods ties@index,linear --tools modelglue
+
+Recipes (--methods, default linear,ties,dare_ties,slerp,model_stock); `METHOD@index`
+runs modelglue with `tie_order: index` (its O(n) tie-break at the trim cut) against
+mergekit's plain METHOD recipe.
 
 Steps:
+0. installs mergekit 0.1.5 into its own venv (.venv-mergekit, benchmarks/setup_mergekit_venv.sh)
+   if it is not there yet;
 1. builds three random Llama checkpoints (base, ft1, ft2; a fine-tune is base + seeded
    noise) once, under OUT/models-<size>-<dtype>/, shard by shard with a seeded generator
    (peak memory about three shards, not three models), and reuses them afterwards;
@@ -387,7 +394,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="0.5b", choices=sorted(PRESETS))
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--methods", default="linear,ties")
+    ap.add_argument("--methods", default="linear,ties,dare_ties,slerp,model_stock")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out")
     ap.add_argument("--cache", choices=["warm", "cold"], default="warm")
     ap.add_argument("--threads", type=int, default=None, help="modelglue --threads (mergekit: -j the same)")
@@ -402,6 +409,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     methods = [m for m in args.methods.split(",") if m]
     tools = [t for t in args.tools.split(",") if t]
+    if "mergekit" in tools and not args.mergekit.exists() and args.mergekit == MERGEKIT:
+        print("installing mergekit 0.1.5 into .venv-mergekit ...", flush=True)
+        subprocess.run(["bash", str(ROOT / "benchmarks" / "setup_mergekit_venv.sh")], check=True)
     for t, exe in (("modelglue", args.modelglue), ("mergekit", args.mergekit)):
         if t in tools and not exe.exists():
             print(f"{t} not found at {exe}" + (" (bash benchmarks/setup_mergekit_venv.sh)" if t == "mergekit" else ""),
@@ -454,9 +464,14 @@ def main(argv=None) -> int:
     for method in methods:
         import yaml
 
-        r = recipe_for(method, base, ft1, ft2, args.dtype)
-        rpath = out / f"recipe-{method}.yml"
+        plain, _, tie_order = method.partition("@")
+        r = recipe_for(plain, base, ft1, ft2, args.dtype)
+        rpath = out / f"recipe-{plain}.yml"
         rpath.write_text(yaml.safe_dump(r, sort_keys=False))
+        mg_rpath = rpath
+        if tie_order:  # modelglue's own parameter; mergekit runs the plain recipe
+            mg_rpath = out / f"recipe-{plain}-{tie_order}.yml"
+            mg_rpath.write_text(yaml.safe_dump({**r, "parameters": {"tie_order": tie_order}}, sort_keys=False))
         inputs = recipe_inputs(r)
         in_bytes = sum(weight_bytes(p) for p in inputs)
         outdirs = {}
@@ -467,7 +482,7 @@ def main(argv=None) -> int:
                 if odir.exists():
                     shutil.rmtree(odir)
                 if tool == "modelglue":
-                    cmd = [str(args.modelglue), "merge", str(rpath), str(odir), "--device", "cpu"]
+                    cmd = [str(args.modelglue), "merge", str(mg_rpath), str(odir), "--device", "cpu"]
                     if args.threads:
                         cmd += ["--threads", str(args.threads)]
                 else:
@@ -501,7 +516,7 @@ def main(argv=None) -> int:
             c = compare_outputs(outdirs["modelglue"], outdirs["mergekit"])
             if not c["same_names"]:
                 compare[method] = f"tensor names differ (missing {c['missing']}, extra {c['extra']})"
-            elif method in DETERMINISTIC:
+            elif plain in DETERMINISTIC:
                 compare[method] = (f"{c['max_abs_diff']:.2e} (worst {c['worst']}; {c['tensors_differing']} of "
                                    f"{c['tensors']} tensors, {c['elements_differing']} elements differ by > 1e-6)"
                                    if c["max_abs_diff"] else "0 (identical)")
