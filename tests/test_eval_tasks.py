@@ -69,3 +69,35 @@ def test_jsonl_errors_name_file_and_line(tmp_path, lines, message):
 def test_missing_jsonl(tmp_path):
     with pytest.raises(ModelGlueError, match="task file not found"):
         load_tasks(str(tmp_path / "absent.jsonl"))
+
+
+def test_jsonl_splits_are_disjoint_and_cover_the_file(tmp_path):
+    """A JSONL task has validation and test splits like the built-ins: by a "split"
+    field, by separate NAME.validation.jsonl / NAME.test.jsonl files, or else by a
+    stable hash of the prompt; a search on validation never sees a test line."""
+    rows = [{"prompt": f"copy w{i}=", "answer": f"w{i}"} for i in range(200)]
+    hashed = _write(tmp_path, [json.dumps(r) for r in rows])
+    val, test = load_jsonl_task(hashed, "validation"), load_jsonl_task(hashed, "test")
+    vp, tp = {e["prompt"] for e in val.examples}, {e["prompt"] for e in test.examples}
+    assert not vp & tp and len(vp | tp) == 200 and 70 < len(vp) < 130
+    assert [e["prompt"] for e in load_jsonl_task(hashed, "validation").examples] == [e["prompt"] for e in val.examples]
+    assert len(load_jsonl_task(hashed).examples) == 200  # no split: the whole file
+
+    marked = tmp_path / "m.jsonl"
+    marked.write_text("".join(json.dumps({**r, "split": "test" if i < 3 else "validation"}) + "\n" for i, r in enumerate(rows[:10])))
+    assert [e["prompt"] for e in load_jsonl_task(marked, "test").examples] == [r["prompt"] for r in rows[:3]]
+    assert len(load_jsonl_task(marked, "validation").examples) == 7
+
+    (tmp_path / "qa.validation.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    (tmp_path / "qa.test.jsonl").write_text(json.dumps(rows[1]) + "\n" + json.dumps(rows[2]) + "\n")
+    for given in ("qa.validation.jsonl", "qa.test.jsonl"):
+        tasks = {s: load_tasks(str(tmp_path / given), split=s)[0] for s in ("validation", "test")}
+        assert tasks["validation"].name == tasks["test"].name == "qa"
+        assert [len(t.examples) for t in tasks.values()] == [1, 2]
+    (tmp_path / "solo.validation.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    with pytest.raises(ModelGlueError, match=r"solo\.test\.jsonl \(the test split"):
+        load_jsonl_task(tmp_path / "solo.validation.jsonl", "test")
+    bad = tmp_path / "b.jsonl"
+    bad.write_text(json.dumps({**rows[0], "split": "train"}) + "\n")
+    with pytest.raises(ModelGlueError, match=r"b\.jsonl:1: \"split\" must be validation or test"):
+        load_jsonl_task(bad, "test")

@@ -137,9 +137,40 @@ def builtin_task(name: str, split: str = "validation", n: int = EVAL_SIZE) -> Ta
 # ----------------------------------------------------------------------------------
 # User tasks from JSONL: one {"prompt": ..., "answer": ...} per line, or
 # {"prompt": ..., "choices": [...], "answer": index | choice text} for multiple choice.
+# Like the built-ins, a JSONL task has a validation and a test split, so that a search
+# never sees what it is reported on: separate files NAME.validation.jsonl and
+# NAME.test.jsonl (either one may be named), or a "split" field on each line, or else
+# a stable hash of the prompt sends half the lines to each split.
 
-def load_jsonl_task(path: str | Path) -> Task:
+def split_files(path: Path) -> tuple[str, dict[str, Path]] | None:
+    """(NAME, {split: file}) when `path` is one of a NAME.validation.jsonl / NAME.test.jsonl pair."""
+    for split in SPLITS:
+        suffix = f".{split}.jsonl"
+        if path.name.endswith(suffix):
+            name = path.name[: -len(suffix)]
+            return name, {s: path.with_name(f"{name}.{s}.jsonl") for s in SPLITS}
+    return None
+
+
+def load_jsonl_task(path: str | Path, split: str | None = None) -> Task:
+    """A JSONL task; `split` (validation or test) picks that split's examples, None all."""
     path = Path(path)
+    if split is not None and split not in SPLITS:
+        raise ModelGlueError(f"unknown split {split!r} (use validation or test)")
+    if (named := split_files(path)) is None:
+        return _read_jsonl(path, path.stem, split, by_line=True)
+    name, pair = named
+    if split is None:
+        parts = [_read_jsonl(pair[s], name, None, by_line=False) for s in SPLITS]
+        return Task(name, parts[0].examples + parts[1].examples, kind=parts[0].kind, source=str(path))
+    if not pair[split].is_file():
+        raise ModelGlueError(f"task file not found: {pair[split]} (the {split} split of {path})")
+    return _read_jsonl(pair[split], name, split, by_line=False)
+
+
+def _read_jsonl(path: Path, name: str, split: str | None, by_line: bool) -> Task:
+    """The examples of one file; with by_line, only those of `split` (a line's "split"
+    field, else the hash of its prompt)."""
     if not path.is_file():
         raise ModelGlueError(f"task file not found: {path}")
     examples: list[dict] = []
@@ -156,6 +187,11 @@ def load_jsonl_task(path: str | Path) -> Task:
             raise ModelGlueError(f"{where}: expected an object with a string \"prompt\"")
         if "answer" not in row:
             raise ModelGlueError(f"{where}: missing \"answer\"")
+        row_split = row.get("split")
+        if row_split is not None and row_split not in SPLITS:
+            raise ModelGlueError(f"{where}: \"split\" must be validation or test, got {row_split!r}")
+        if by_line and split is not None and (row_split or _hash_split(row["prompt"])) != split:
+            continue
         if "choices" in row:
             choices = row["choices"]
             if not (isinstance(choices, list) and choices and all(isinstance(c, str) for c in choices)):
@@ -177,10 +213,14 @@ def load_jsonl_task(path: str | Path) -> Task:
             examples.append({"prompt": row["prompt"], "answer": row["answer"]})
             kinds.add("generate")
     if not examples:
-        raise ModelGlueError(f"{path}: no examples")
+        raise ModelGlueError(f"{path}: no examples" + (f" in its {split} split" if split else ""))
     if len(kinds) > 1:
         raise ModelGlueError(f"{path}: mixes generation and multiple-choice lines; use one kind per file")
-    return Task(path.stem, examples, kind=kinds.pop(), source=str(path))
+    return Task(name, examples, kind=kinds.pop(), source=str(path), meta={"split": split} if split else {})
+
+
+def _hash_split(prompt: str) -> str:
+    return SPLITS[zlib.crc32(prompt.encode()) % 2]
 
 
 def load_tasks(spec: str | list[str] | Task | list[Task], split: str = "validation") -> list[Task]:
@@ -199,7 +239,7 @@ def load_tasks(spec: str | list[str] | Task | list[Task], split: str = "validati
         if item == "all":
             tasks += [builtin_task(n, split) for n in BUILTIN_TASKS]
         elif item.endswith(".jsonl") or "/" in item or Path(item).is_file():
-            tasks.append(load_jsonl_task(item))
+            tasks.append(load_jsonl_task(item, split))
         else:
             tasks.append(builtin_task(item, split))
     if not tasks:
