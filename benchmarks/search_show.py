@@ -2,6 +2,10 @@
 
     python benchmarks/search_show.py [--zoo DIR | --scale full|tiny] [--out bench-out/search]
                                      [--limit 50] [--budget 60] [--backend local]
+                                     [--method task_arithmetic --gentle --init best-single --sigma 0.2]
+
+With a task-vector --method (task_arithmetic, ties, ...) a_base is the --base and the
+fine-tunes are merged (only the gentle ones with --gentle); with linear, all of family A.
 
 Each strategy is one `modelglue search` run (the command lines are printed, so the
 table can be reproduced by hand); outputs (results.json, plots) go to OUT/<strategy>.
@@ -28,6 +32,11 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=60)
     ap.add_argument("--backend", default="local")
     ap.add_argument("--strategies", default="uniform,heuristic-average,heuristic-coefficient,heuristic-similarity,cmaes,pareto")
+    ap.add_argument("--method", default="linear")
+    ap.add_argument("--gentle", action="store_true", help="merge only the gentle fine-tunes")
+    ap.add_argument("--init", default=None, help="cmaes start (uniform, best-single, heuristic)")
+    ap.add_argument("--sigma", type=float, default=None)
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
     zoo = args.zoo
@@ -36,16 +45,26 @@ def main() -> None:
 
         zoo = demo_zoo(scale=args.scale)
     manifest = json.loads((zoo / "zoo.json").read_text())
-    fam = [m for m in manifest["models"] if m["family"] == "A"]
+    fam = [m for m in manifest["models"] if m["family"] == "A" and (m["role"] != "harsh" or not args.gentle)]
+    base = next(str(zoo / m["path"]) for m in fam if m["role"] == "base")
     models = [str(zoo / m["path"]) for m in sorted(fam, key=lambda m: m["role"] != "base")]
+    method_args = ["--method", args.method, "--seed", str(args.seed)]
+    if args.method != "linear":  # task vectors: a_base is the base, the fine-tunes are merged
+        models.remove(base)
+        method_args += ["--base", base]
     tasks = args.tasks or ",".join(manifest["base_tasks"])
     rows = {}
     for strategy in args.strategies.split(","):
         out = args.out / strategy
         cmd = ["modelglue", "search", "--models", *models, "--tasks", args.pareto_tasks if strategy == "pareto" else tasks,
-               "--strategy", strategy, "--limit", str(args.limit), "--out", str(out), "--backend", args.backend, "-q"]
+               "--strategy", strategy, "--limit", str(args.limit), "--out", str(out), "--backend", args.backend, "-q",
+               *method_args]
         if strategy in ("cmaes", "pareto"):
             cmd += ["--budget", str(args.budget)]
+        if strategy == "cmaes" and args.init:
+            cmd += ["--init", args.init]
+        if strategy == "cmaes" and args.sigma:
+            cmd += ["--sigma", str(args.sigma)]
         if (out / "journal.sqlite").exists():
             cmd.append("--resume")
         print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)

@@ -76,7 +76,7 @@ def zoo_specs(scale: str = "full") -> list[Spec]:
     if scale not in SIZES:
         raise ModelGlueError(f"unknown demo scale {scale!r} (use full or tiny)")
     if scale == "full":
-        base_steps, ft_steps, gentle_lr, replay = 1500, 250, 3e-4, 0.3
+        base_steps, ft_steps, gentle_lr, replay = 1500, 250, 1e-3, 0.3
     else:  # fewer steps: a smaller model that must gain faster, and more replay to keep the rest
         base_steps, ft_steps, gentle_lr, replay = 600, 150, 1e-3, 0.5
     harsh_lr = 3e-3  # one task, no replay: drifts far and forgets

@@ -19,13 +19,17 @@ function prepares its keeps itself.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+PREPARE_BYTES = 1 << 30  # memory for task vectors prepared at once (a sort at the cut: 12 bytes an entry)
 RADIX_BLOCK = 1 << 22  # entries per bincount in the radix select: bounds its int64 temporaries
 RANDOM_BLOCK = 1 << 19  # DARE draws its random numbers per block of this many entries, seeded by
 # (seed, block): the same mask whether a tensor is merged whole or in chunks (aligned to blocks)
@@ -211,10 +215,16 @@ def prepare_keeps(read: Callable[[int, int, int], torch.Tensor], n: int, dtype: 
     None when nothing is sparsified this way (no sparsifier, or DELLA's per-row ranks)."""
     if sparsify not in ("magnitude", "magnitude_outliers", "random") or density is None:
         return None
-    return [prepare_keep(lambda a, b, i=i: read(i, a, b), n, dtype, sparsify, density[i], rescale,
-                         gamma=gamma[i] if gamma else 0.01, tie_order=tie_order,
-                         seed=seeds[i] if seeds else None)
+    jobs = [functools.partial(prepare_keep, lambda a, b, i=i: read(i, a, b), n, dtype, sparsify, density[i], rescale,
+                              gamma=gamma[i] if gamma else 0.01, tie_order=tie_order, seed=seeds[i] if seeds else None)
             for i in range(len(density))]
+    # Task vectors are independent and torch releases the GIL: prepare several at once
+    # (a sort at the cut is single-threaded), as many as cores and PREPARE_BYTES allow.
+    workers = min(len(jobs), os.cpu_count() or 1, max(1, PREPARE_BYTES // (12 * max(1, n))))
+    if workers <= 1:
+        return [job() for job in jobs]
+    with ThreadPoolExecutor(workers, thread_name_prefix="modelglue-prepare") as pool:
+        return list(pool.map(lambda job: job(), jobs))
 
 
 def _whole(delta: torch.Tensor, sparsify: str, density: float, rescale: str | None, **kwargs) -> torch.Tensor:

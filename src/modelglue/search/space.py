@@ -175,8 +175,20 @@ class SearchSpace:
         return Candidate(tuple(rounded), dens, recipe, recipe_key(recipe, self.merge_seed) if feasible else "infeasible",
                          origin, feasible)
 
+    @property
+    def normalizes(self) -> bool:
+        """Whether the method divides by the sum of the weights (linear, ties, della)."""
+        p = self._method.param("normalize")
+        return p is not None and self.extra_parameters.get("normalize", p.default) is not False
+
+    def equal_weight(self, k: int) -> float:
+        """The weight of each of k models in their plain average: 1 where the method
+        normalises, else 1/k (task arithmetic's sum of k task vectors / k)."""
+        return 1.0 if self.normalizes else 1.0 / max(1, k)
+
     def uniform(self) -> Candidate:
-        return self.candidate([1.0] * self.n, [1.0] * self.n if self.search_density else None, origin="uniform")
+        return self.candidate([self.equal_weight(self.n)] * self.n, [1.0] * self.n if self.search_density else None,
+                              origin="uniform")
 
     def single(self, i: int) -> Candidate:
         """Model i on its own (exactly its weights, whatever the method)."""

@@ -37,7 +37,7 @@ def _by_fitness(records: list[Record]) -> list[int]:
 
 
 def _average(ctx: SearchContext, kept: list[int], origin: str):
-    w = [1.0 if i in kept else 0.0 for i in range(ctx.space.n)]
+    w = [ctx.space.equal_weight(len(kept)) if i in kept else 0.0 for i in range(ctx.space.n)]
     dens = ctx.space.x0()[-ctx.space.n:] if ctx.space.search_density else None
     return ctx.space.candidate(w, dens, origin=origin)
 
