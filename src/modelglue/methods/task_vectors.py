@@ -136,6 +136,8 @@ def random_mask(seed: int, density: float, size: int, start: int, n: int, device
     """Entries [start, start + n) of the DARE mask of a tensor of `size` entries: each kept
     with probability `density`, drawn per whole RANDOM_BLOCK from a generator seeded by
     (seed, block), so that any slicing of the tensor sees the same mask."""
+    if n == 0:
+        return torch.zeros(0, dtype=torch.bool, device=device)
     parts = []
     for block in range(start // RANDOM_BLOCK, (start + n - 1) // RANDOM_BLOCK + 1):
         b0 = block * RANDOM_BLOCK
@@ -147,6 +149,7 @@ def random_mask(seed: int, density: float, size: int, start: int, n: int, device
 
 
 def derive_seed(seed: int, *keys: str) -> int:
+    """A 63-bit seed from a seed and names (tensor, input, block): stable across runs."""
     digest = hashlib.blake2b("\0".join([str(seed), *keys]).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
@@ -164,9 +167,9 @@ def prepare_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: torch.
         if rescale == "density":
             keep.scale = 1 / density if density > 0 else None
         elif rescale == "l1":
-            before = after = 0.0
+            before = after = 0.0  # float32 sums within a block, float64 across blocks
             for a in range(0, n, RANDOM_BLOCK):
-                mags = read(a, min(n, a + RANDOM_BLOCK)).abs().double()
+                mags = read(a, min(n, a + RANDOM_BLOCK)).abs().float()
                 before += float(mags.sum())
                 after += float((mags * keep.mask(mags, a)).sum())
             if before >= 1e-7 and after >= 1e-7:
