@@ -52,6 +52,8 @@ PRESETS = {
                  num_key_value_heads=2, vocab_size=1024),
     "small": dict(hidden_size=256, intermediate_size=704, num_hidden_layers=8, num_attention_heads=8,
                   num_key_value_heads=4, vocab_size=32000),
+    "small-deep": dict(hidden_size=256, intermediate_size=704, num_hidden_layers=32, num_attention_heads=8,
+                       num_key_value_heads=4, vocab_size=32000),  # `small` at 4x the depth: RSS must not grow
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                  num_key_value_heads=2, vocab_size=151936),
     "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,

@@ -288,17 +288,32 @@ def execute(plan: Plan, source: TensorSource, sink: Callable[[TensorTask, torch.
     release the GIL), so disk, CPU and device work overlap. With chunk_elems (and a
     source that reads parts), tensors of elementwise methods larger than that are done
     in flat chunks handed to `sink` in order: memory stays a few chunks, not tensors.
+    A method's `prepare` (its look at a whole tensor before the chunks) runs on its own
+    thread, one chunked tensor ahead, so that it overlaps the chunks of the current one.
     """
     on_gpu = device.startswith("cuda")
     copy_stream = torch.cuda.Stream(device=device) if on_gpu else None
     chunked = chunk_elems and plan.method.elementwise and hasattr(source, "get_part")
     work: list[tuple[TensorTask, tuple[int, int] | None]] = []
+    prepared_tasks: list[TensorTask] = []  # chunked tensors whose method prepares a state, in order
     for task in plan.tasks:
         n = math.prod(task.shape)
         if chunked and not task.copy_only and n > chunk_elems:
             work += [(task, (a, min(n, a + chunk_elems))) for a in range(0, n, chunk_elems)]
+            if plan.method.prepare is not None:
+                prepared_tasks.append(task)
         else:
             work.append((task, None))
+    preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelglue-prepare") if prepared_tasks else None
+    states: dict[str, Future] = {}
+
+    def state_of(task: TensorTask) -> Any:
+        """The prepared state of `task`, after queueing the next chunked tensor's."""
+        k = next(i for i, t in enumerate(prepared_tasks) if t is task)
+        for t in prepared_tasks[k:k + 2]:
+            if t.name not in states:
+                states[t.name] = preparer.submit(prepare_state, plan, t, source, device)  # type: ignore[union-attr]
+        return states.pop(task.name).result()
 
     def fetch(item: tuple[TensorTask, tuple[int, int] | None]) -> tuple[list[torch.Tensor], Any]:
         task, part = item
@@ -325,8 +340,8 @@ def execute(plan: Plan, source: TensorSource, sink: Callable[[TensorTask, torch.
             main_stream.wait_event(done)
             for t in tensors:  # memory made on the copy stream is now used on the main one
                 t.record_stream(main_stream)
-        if part is not None and part[0] == 0:  # first chunk of a tensor: look at it whole first
-            state = prepare_state(plan, task, source, device)
+        if part is not None and part[0] == 0 and preparer is not None:  # first chunk: the look at the whole
+            state = state_of(task)
         sink(task, compute_tensor(plan, task, tensors, device, state=state, start=part[0] if part else 0))
         if part is None or part[1] == math.prod(task.shape):
             state = None
@@ -347,6 +362,8 @@ def execute(plan: Plan, source: TensorSource, sink: Callable[[TensorTask, torch.
                 run(item, fetched)
     finally:
         bar.close()
+        if preparer is not None:
+            preparer.shutdown(wait=True, cancel_futures=True)
 
 
 class _BackgroundWriter:

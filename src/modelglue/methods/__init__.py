@@ -68,7 +68,8 @@ class MergeMethod:
     # chunk x inputs instead of tensor x inputs.
     elementwise: bool = False
     # prepare(read, shape, base_index, num_inputs, **params) -> state looks at the whole
-    # inputs once (read(i, start, stop): a flat slice of input i) before `fn` runs on
+    # inputs once (read(i, start, stop): a fresh flat slice of input i, which prepare may
+    # overwrite) before `fn` runs on
     # flat chunks with state=..., start=... (TIES needs each task vector's magnitude
     # ranks first, slerp the angle between the tensors).
     prepare: Callable[..., Any] | None = None

@@ -22,32 +22,26 @@ def linear(tensors: list[torch.Tensor], weight: list[float], normalize: bool = T
     return out.to(tensors[0].dtype)
 
 
-STATS_BLOCK = 1 << 22  # entries per block when slerp / model_stock sum over a whole tensor
-
-
-def _blocks(n: int):
-    return ((a, min(n, a + STATS_BLOCK)) for a in range(0, n, STATS_BLOCK))
-
-
 def slerp_prepare(read: Callable[[int, int, int], torch.Tensor], shape: tuple[int, ...], base_index: int,
-                  num_inputs: int, *, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8) -> tuple[float, float]:
-    """The two coefficients of slerp, from the norms and the dot product of the whole
-    tensors (read(i, start, stop): a flat slice of input i)."""
-    n00 = n11 = n01 = 0.0
-    for a, b in _blocks(math.prod(shape)):  # float32 sums within a block, float64 across blocks
-        v0, v1 = read(base_index, a, b).float(), read(1 - base_index, a, b).float()
-        n00, n11, n01 = n00 + float((v0 * v0).sum()), n11 + float((v1 * v1).sum()), n01 + float((v0 * v1).sum())
-    n0, n1 = math.sqrt(n00), math.sqrt(n11)
-    n0, n1 = (n0 if n0 > eps else 1.0), (n1 if n1 > eps else 1.0)
-    dot = min(1.0, max(-1.0, n01 / (n0 * n1)))
-    if abs(dot) > dot_threshold:  # nearly colinear: plain lerp
+                  num_inputs: int, *, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8):
+    """The coefficients (c0, c1) of slerp, from the norms of the whole flattened tensors
+    (read(i, start, stop): a fresh flat slice of input i) and the cosine between them,
+    each reduced over the whole tensor as mergekit does (float32 sums are not
+    associative, so reducing block by block would change the last bits)."""
+    n = math.prod(shape)
+    v0, v1 = _work(read(base_index, 0, n)), _work(read(1 - base_index, 0, n))
+    n0, n1 = torch.linalg.vector_norm(v0), torch.linalg.vector_norm(v1)
+    n0 = n0 if n0 > eps else torch.ones_like(n0)
+    n1 = n1 if n1 > eps else torch.ones_like(n1)
+    dot = v0.div_(n0).mul_(v1.div_(n1)).sum().clamp(-1, 1)  # ((v0 / n0) * (v1 / n1)).sum(), in place
+    del v0, v1
+    if dot.abs() > dot_threshold:  # nearly colinear: plain lerp
         return 1 - t, t
-    theta = math.acos(dot)
-    return math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
+    theta = torch.acos(dot)
+    return torch.sin((1 - t) * theta) / torch.sin(theta), torch.sin(t * theta) / torch.sin(theta)
 
 
-def slerp(base: torch.Tensor, others: list[torch.Tensor], t: float, *, state: tuple[float, float] | None = None,
-          start: int = 0) -> torch.Tensor:
+def slerp(base: torch.Tensor, others: list[torch.Tensor], t: float, *, state=None, start: int = 0) -> torch.Tensor:
     """Spherical interpolation from base (t=0) to the other model (t=1), treating each
     tensor as one vector: c0 base + c1 other with c0 = sin((1-t) theta) / sin theta,
     c1 = sin(t theta) / sin theta, theta the angle between them; falls back to lerp
@@ -56,37 +50,33 @@ def slerp(base: torch.Tensor, others: list[torch.Tensor], t: float, *, state: tu
     if state is None:
         state = slerp_prepare(_reader([base, other]), tuple(base.shape), 0, 2, t=t)
     c0, c1 = state
-    dtype = torch.float64 if base.dtype == torch.float64 else torch.float32
-    return (c0 * base.to(dtype) + c1 * other.to(dtype)).to(base.dtype)
+    return (c0 * _work(base) + c1 * _work(other)).to(base.dtype)
 
 
 def model_stock_prepare(read: Callable[[int, int, int], torch.Tensor], shape: tuple[int, ...], base_index: int,
                         num_inputs: int, *, filter_wise: bool = False) -> tuple[torch.Tensor, int]:
     """Model Stock's interpolation ratio t = k cos / (1 + (k - 1) cos), cos the mean
-    pairwise cosine of the fine-tunes' task vectors, from sums over the whole tensors:
-    one t, or with filter_wise one per output row. Returns (t, row length)."""
+    pairwise cosine of the fine-tunes' task vectors: one t, or with filter_wise one per
+    output row. Norms and dots are reduced over whole tensors as mergekit does (the task
+    vectors are made in place in the fresh buffers `read` returns). Returns (t, the
+    number of entries that share one t)."""
     n = math.prod(shape)
-    rows = shape[0] if filter_wise and len(shape) >= 2 else 1
-    cols = n // rows
-    others = [i for i in range(num_inputs) if i != base_index]
-    k = len(others)
-    dots = torch.zeros(k, k, rows, dtype=torch.float64)
-    step = max(1, STATS_BLOCK // cols) * cols if rows > 1 else STATS_BLOCK  # whole rows per block
-    for a in range(0, n, step):
-        b = min(n, a + step)
-        w0 = read(base_index, a, b).float()
-        offsets = [(read(i, a, b).float() - w0).reshape(-1, cols if rows > 1 else b - a) for i in others]
-        for i in range(k):
-            for j in range(i, k):  # float32 sums within a block, float64 across blocks
-                dot = (offsets[i] * offsets[j]).sum(dim=1).double().cpu()
-                dots[i, j, a // cols:b // cols] += dot if rows > 1 else dot.sum()
-    norms = dots.diagonal().sqrt().T  # [k, rows]
-    cos = torch.stack([(dots[i, j] / (norms[i] * norms[j]).clamp(min=1e-6)).clamp(-1, 1)
-                       for i in range(k) for j in range(i + 1, k)]).mean(dim=0)
+    view = (shape if len(shape) >= 2 else (1, n)) if filter_wise else (n,)
+    base = read(base_index, 0, n)
+    offsets = [read(i, 0, n).sub_(base).reshape(view) for i in range(num_inputs) if i != base_index]
+    del base
+    norms = [torch.norm(o, dim=-1) for o in offsets]
+    cosines = []
+    for i, a in enumerate(offsets):
+        for j in range(i + 1, len(offsets)):
+            cosines.append(((a * offsets[j]).sum(dim=-1) / (norms[i] * norms[j]).clamp(min=1e-6)).clamp(-1, 1))
+    k = len(offsets)
+    del offsets
+    cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
     denom = 1 + (k - 1) * cos
     singular = denom.abs() < 1e-6  # opposing updates: keep the base rather than blow up
     t = torch.where(singular, torch.zeros_like(cos), k * cos / torch.where(singular, torch.ones_like(denom), denom))
-    return t, cols
+    return t.reshape(-1), view[-1] if filter_wise else n
 
 
 def model_stock(base: torch.Tensor, others: list[torch.Tensor], filter_wise: bool = False, *,
@@ -97,17 +87,22 @@ def model_stock(base: torch.Tensor, others: list[torch.Tensor], filter_wise: boo
     if state is None:
         state = model_stock_prepare(_reader([base, *others]), tuple(base.shape), 0, 1 + len(others),
                                     filter_wise=filter_wise)
-    t, cols = state
-    t = t.to(device=base.device, dtype=base.dtype)
+    t, per_t = state
     if t.numel() > 1:  # one t per row: pick each entry's
-        t = t[torch.arange(start, start + base.numel(), device=base.device) // cols].reshape(base.shape)
+        t = t[torch.arange(start, start + base.numel(), device=t.device) // per_t].reshape(base.shape)
+    t = t.to(base.device)
     average = sum(others) / len(others)
     return t * average + (1 - t) * base
 
 
+def _work(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def _reader(tensors: list[torch.Tensor]) -> Callable[[int, int, int], torch.Tensor]:
+    """read(i, start, stop) over whole tensors: fresh copies, which prepare may change."""
     flat = [x.reshape(-1) for x in tensors]
-    return lambda i, a, b: flat[i][a:b]
+    return lambda i, a, b: flat[i][a:b].clone()
 
 
 def passthrough(tensors: list[torch.Tensor], scale: list[float | None] | None = None) -> torch.Tensor:

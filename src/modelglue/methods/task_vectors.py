@@ -128,8 +128,12 @@ class Keep:
         return keep
 
     def apply(self, delta: torch.Tensor, start: int) -> torch.Tensor:
-        kept = delta * self.mask(delta, start).reshape(delta.shape).to(delta.dtype)
-        return kept if self.scale is None else kept * self.scale
+        return self.apply_(delta.clone(), start)
+
+    def apply_(self, delta: torch.Tensor, start: int) -> torch.Tensor:
+        """delta * mask (* scale), in place."""
+        delta.mul_(self.mask(delta, start).reshape(delta.shape))
+        return delta if self.scale is None else delta.mul_(self.scale)
 
 
 def random_mask(seed: int, density: float, size: int, start: int, n: int, device: torch.device | str) -> torch.Tensor:
@@ -295,7 +299,7 @@ def della_magprune(delta: torch.Tensor, density: float, rescale: str | None = No
 
 def sign_election_mask(weighted_deltas: torch.Tensor, method: str = "sum") -> torch.Tensor:
     """TIES: elect a sign per entry (sign of the summed, or the majority of, weighted task
-    vectors; ties go to +) and keep only the entries that agree with it."""
+    vectors; ties go to +) and keep only the entries that agree with it (zeros never do)."""
     signs = weighted_deltas.sign()
     if method == "sum":
         elected = (weighted_deltas.sum(dim=0) >= 0).to(signs.dtype) * 2 - 1
@@ -335,21 +339,21 @@ def task_vector_merge(
         keeps = prepare_keeps(lambda i, a, b: flat[i][a:b] - flat_base[a:b], base.numel(), base.dtype,
                               sparsify=sparsify, density=density, rescale=rescale, gamma=gamma,
                               tie_order=tie_order, seeds=seeds)
+    # In place where mergekit makes temporaries; every entry gets the same arithmetic.
     deltas = torch.empty((len(others), *base.shape), dtype=base.dtype, device=base.device)
+    w = torch.tensor(weight, dtype=deltas.dtype, device=deltas.device)
     for i, theta in enumerate(others):
-        d = theta - base
+        d = torch.sub(theta, base, out=deltas[i])
         if sparsify == "della":
-            d = della_magprune(d, density[i] if density else 1.0, rescale,
-                               epsilon=epsilon[i] if epsilon else 0.15, seed=seeds[i] if seeds else 0)
+            d.copy_(della_magprune(d, density[i] if density else 1.0, rescale,
+                                   epsilon=epsilon[i] if epsilon else 0.15, seed=seeds[i] if seeds else 0))
         elif keeps is not None and keeps[i] is not None:
-            d = keeps[i].apply(d, start)
-        deltas[i] = d
-    w = torch.tensor(weight, dtype=deltas.dtype, device=deltas.device).reshape(-1, *([1] * base.dim()))
-    deltas.mul_(w)
+            keeps[i].apply_(d, start)
+        d.mul_(w[i])  # the weighted task vector w_i d_i'
     if consensus:
-        mask = sign_election_mask(deltas, consensus).to(deltas.dtype)
-        mixed = (deltas * mask).sum(dim=0)
-        divisor = (w * mask).sum(dim=0)
+        agree = sign_election_mask(deltas, consensus).to(deltas.dtype)
+        mixed = deltas.mul_(agree).sum(dim=0)  # sum of the entries that agree
+        divisor = agree.mul_(w.reshape(-1, *([1] * base.dim()))).sum(dim=0)  # sum of their weights
         divisor[divisor == 0] = 1
     else:
         mixed = deltas.sum(dim=0)
