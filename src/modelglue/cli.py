@@ -6,10 +6,15 @@ themselves below with the usual click decorators.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
+
+# transformers draws a "Loading weights" bar for every model it loads (hundreds in a
+# search or the demo); the commands show their own progress instead.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from modelglue.errors import ModelGlueError
 
