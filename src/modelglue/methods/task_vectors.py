@@ -101,8 +101,9 @@ def rank_cut(mags: torch.Tensor, p: int) -> Cut:
 @dataclass
 class Keep:
     """Which entries of one task vector survive, and the factor survivors are scaled by.
-    Either by magnitude rank (entries at or above `low`, below `high`; or, where mergekit's
-    sort order decides equal magnitudes, an explicit mask) or at random (`seed`, `density`)."""
+    Either by magnitude rank (entries at or above `low`, below `high`), or at random
+    (`seed`, `density`), or by an explicit mask (where mergekit's sort order decides equal
+    magnitudes, or a random mask already drawn)."""
 
     low: Cut | None = None
     high: Cut | None = None
@@ -115,10 +116,10 @@ class Keep:
     def mask(self, delta: torch.Tensor, start: int) -> torch.Tensor:
         """Bool mask of the survivors in `delta`, the flat slice starting at `start`."""
         n = delta.numel()
-        if self.seed is not None:
-            return random_mask(self.seed, self.density, self.size, start, n, delta.device)
         if self.explicit is not None:
             return self.explicit[start:start + n]
+        if self.seed is not None:
+            return random_mask(self.seed, self.density, self.size, start, n, delta.device)
         mags = delta.abs().reshape(-1).float()
         keep = torch.ones(n, dtype=torch.bool, device=delta.device)
         if self.low is not None:
@@ -171,11 +172,18 @@ def prepare_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: torch.
         if rescale == "density":
             keep.scale = 1 / density if density > 0 else None
         elif rescale == "l1":
+            # The L1 sums need the whole mask: keep it (a byte an entry) rather than draw it again.
             before = after = 0.0  # float32 sums within a block, float64 across blocks
+            explicit = None
             for a in range(0, n, RANDOM_BLOCK):
                 mags = read(a, min(n, a + RANDOM_BLOCK)).abs().float()
+                mask = keep.mask(mags, a)
+                if explicit is None:
+                    explicit = torch.empty(n, dtype=torch.bool, device=mask.device)
+                explicit[a:a + RANDOM_BLOCK] = mask
                 before += float(mags.sum())
-                after += float((mags * keep.mask(mags, a)).sum())
+                after += float((mags * mask).sum())
+            keep.explicit = explicit
             if before >= 1e-7 and after >= 1e-7:
                 keep.scale = before / after
         return keep
