@@ -367,11 +367,20 @@ def execute(plan: Plan, source: TensorSource, sink: Callable[[TensorTask, torch.
 
 
 class _BackgroundWriter:
-    """Writes outputs on one thread, in order, with at most `depth` outputs in flight."""
+    """Writes outputs on one thread, in order, with at most `depth` outputs in flight.
+
+    Only C-level queues (SimpleQueue) pass between the threads: a KeyboardInterrupt
+    (Ctrl-C, or SIGTERM turned into one) can strike the main thread between any two
+    bytecodes, and inside queue.Queue's Python-level condition variables it can lose a
+    wake-up and leave finish() waiting forever. `slots` holds one token per free place.
+    """
 
     def __init__(self, writer: ShardedWriter, depth: int = 2):
         self.writer = writer
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.slots: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(depth):
+            self.slots.put(None)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="modelglue-write", daemon=True)
         self.thread.start()
@@ -386,10 +395,12 @@ class _BackgroundWriter:
                     self.writer.write(*item)
                 except BaseException as exc:  # surfaced on the main thread
                     self.error = exc
+            self.slots.put(None)
 
     def __call__(self, task: TensorTask, tensor: torch.Tensor) -> None:
         if self.error is not None:
             raise self.error
+        self.slots.get()  # wait for a free place (backpressure)
         self.q.put((task.name, tensor))  # a GPU result is copied back on the writer thread
 
     def finish(self) -> None:

@@ -165,7 +165,7 @@ def prepare_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: torch.
     """The keep rule of one task vector, given `read(start, stop)`: a flat slice of it.
     Magnitude sparsifiers keep every |d| of the tensor once (float32, as mergekit ranks
     them); random ones only stream through it for the L1 rescale."""
-    if density >= 1:
+    if density >= 1 or n == 0:
         return None
     if sparsify == "random":
         keep = Keep(seed=seed, density=density, size=n)
