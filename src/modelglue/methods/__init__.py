@@ -69,9 +69,8 @@ class MergeMethod:
     elementwise: bool = False
     # prepare(read, shape, base_index, num_inputs, **params) -> state looks at the whole
     # inputs once (read(i, start, stop): a fresh flat slice of input i, which prepare may
-    # overwrite) before `fn` runs on
-    # flat chunks with state=..., start=... (TIES needs each task vector's magnitude
-    # ranks first, slerp the angle between the tensors).
+    # overwrite) before `fn` runs on flat chunks with state=..., start=... (TIES needs
+    # each task vector's magnitude ranks first, slerp the angle between the tensors).
     prepare: Callable[..., Any] | None = None
     description: str = ""
     reference: str = ""
@@ -200,8 +199,7 @@ def _task_vector_prepare(read, shape, base_index, num_inputs, *, density, rescal
     """Keep rules of the task vectors d_i = input_i - base, read slice by slice."""
     _check_task_vector_params(rescale_mode, tie_order, density, None)
     others = [i for i in range(num_inputs) if i != base_index]
-    first = read(base_index, 0, 1)
-    return prepare_keeps(lambda i, a, b: read(others[i], a, b) - read(base_index, a, b), math.prod(shape), first.dtype,
+    return prepare_keeps(lambda i, a, b: read(others[i], a, b) - read(base_index, a, b), math.prod(shape), None,
                          sparsify=sparsify, density=density, rescale=rescale_mode if rescale else None,
                          gamma=gamma, tie_order=tie_order, seeds=seeds)
 

@@ -159,12 +159,13 @@ def derive_seed(seed: int, *keys: str) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-def prepare_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: torch.dtype, sparsify: str,
+def prepare_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: torch.dtype | None, sparsify: str,
                  density: float, rescale: str | None, gamma: float = 0.01, tie_order: str = "sort",
                  seed: int | None = None) -> Keep | None:
-    """The keep rule of one task vector, given `read(start, stop)`: a flat slice of it.
-    Magnitude sparsifiers keep every |d| of the tensor once (float32, as mergekit ranks
-    them); random ones only stream through it for the L1 rescale."""
+    """The keep rule of one task vector, given `read(start, stop)`: a flat slice of it
+    (in `dtype`, or None: whatever read returns). Magnitude sparsifiers keep every |d| of
+    the tensor once (float32, as mergekit ranks them); random ones only stream through
+    it for the L1 rescale."""
     if density >= 1 or n == 0:
         return None
     if sparsify == "random":
@@ -189,10 +190,11 @@ def prepare_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: torch.
         return keep
     mags = None
     for a in range(0, n, RADIX_BLOCK):
-        part = read(a, min(n, a + RADIX_BLOCK)).abs().float()
+        part = read(a, min(n, a + RADIX_BLOCK))
         if mags is None:
             mags = torch.empty(n, dtype=torch.float32, device=part.device)
-        mags[a:a + RADIX_BLOCK] = part
+            dtype = dtype or part.dtype
+        mags[a:a + RADIX_BLOCK] = part.abs()
     if sparsify == "magnitude":  # TIES: the top density fraction (at least one entry)
         lo, hi = (n - max(1, int(density * n)), n) if density > 0 else (n, n)
     else:  # breadcrumbs: drop the top gamma fraction (outliers) and the smallest, keep density
@@ -222,7 +224,7 @@ def prepare_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: torch.
     return keep
 
 
-def prepare_keeps(read: Callable[[int, int, int], torch.Tensor], n: int, dtype: torch.dtype, *,
+def prepare_keeps(read: Callable[[int, int, int], torch.Tensor], n: int, dtype: torch.dtype | None, *,
                   sparsify: str | None, density: list[float] | None, rescale: str | None,
                   gamma: list[float] | None = None, tie_order: str = "sort",
                   seeds: list[int] | None = None) -> list[Keep | None] | None:
