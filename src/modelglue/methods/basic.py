@@ -96,6 +96,7 @@ def model_stock(base: torch.Tensor, others: list[torch.Tensor], filter_wise: boo
 
 
 def _work(x: torch.Tensor) -> torch.Tensor:
+    """slerp computes in float32 (float64 stays float64), as mergekit does."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
