@@ -200,3 +200,96 @@ def test_dare_mask_is_the_same_whole_or_in_slices():
     assert torch.equal(whole, parts)
     assert abs(whole.float().mean().item() - 0.3) < 0.005
     assert not torch.equal(whole, random_mask(6, 0.3, size, 0, size, "cpu"))
+
+
+@pytest.mark.parametrize("descending", [True, False])
+def test_sort_prefix_ties_matches_torch_sort_without_sorting(monkeypatch, descending):
+    """Following std::sort's partitions into the run that holds p picks the same tied
+    entries as torch.sort, at sizes around the insertion-sort threshold and past several
+    blocks (BLOCK shrunk so that one partition spans many of them)."""
+    from modelglue.methods import introsort
+
+    monkeypatch.setattr(introsort, "BLOCK", 777)
+    g = torch.Generator().manual_seed(7)
+    checked = 0
+    for n, levels in [(17, 3), (40, 5), (1000, 60), (5000, 400), (50_000, 5000), (200_000, 2**20)]:
+        values = torch.randint(0, levels, (n,), generator=g).float() / levels
+        ordered, order = torch.sort(values, descending=descending)
+        for p in torch.randint(1, n, (12,), generator=g).tolist():
+            value = float(ordered[p])
+            if float(ordered[p - 1]) != value:
+                continue
+            followed = introsort.sort_prefix_ties(values.clone(), p, value, descending)
+            assert followed is not None, (n, p)
+            tied, before = followed
+            assert torch.equal(tied, (values == value).nonzero().flatten())
+            assert torch.equal(tied[before], order[:p][ordered[:p] == value].sort().values), (n, p)
+            checked += 1
+    assert checked >= 30
+
+
+def test_sort_prefix_ties_declines_what_it_cannot_follow():
+    from modelglue.methods import introsort
+
+    few_levels = torch.randint(0, 3, (1000,)).float()  # a third of the tensor tied
+    assert introsort.sort_prefix_ties(few_levels, 500, float(few_levels.sort().values[500]), False) is None
+    with_nan = torch.tensor([1.0, 2.0, float("nan"), 2.0] * 10)
+    assert introsort.sort_prefix_ties(with_nan, 20, 2.0, False) is None
+    assert introsort.sort_prefix_ties(torch.ones(40, dtype=torch.float64), 20, 1.0, False) is None
+    assert introsort.follows_torch_sort()
+
+
+def _mergekit_magnitude(d: torch.Tensor, density: float) -> torch.Tensor:
+    # mergekit 0.1.5 sparsify.magnitude: the first k of a descending argsort
+    k = int(density * d.numel())
+    mask = torch.zeros(d.numel())
+    mask[torch.argsort(d.abs().reshape(-1).float(), descending=True)[:k]] = 1
+    return d * mask.reshape(d.shape)
+
+
+def _mergekit_outliers(d: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+    # mergekit 0.1.5 sparsify.magnitude_outliers: [lo, hi) of an ascending sort
+    n = d.numel()
+    kept, top = int(density * n), int(gamma * n)
+    lo = max(0, n - kept - top)
+    mask = torch.zeros(n)
+    mask[torch.sort(d.abs().reshape(-1).float()).indices[lo:lo + kept]] = 1
+    return d * mask.reshape(d.shape)
+
+
+@pytest.mark.parametrize("grid", [1e-2, 1e-3, 1e-5])
+def test_ties_and_breadcrumbs_keep_mergekits_tied_entries(monkeypatch, grid):
+    """Rounded task vectors tie at every cut: the kept entries equal mergekit's sort-based
+    choice, whether the ties are followed (few) or sorted (many), whole or in slices."""
+    from modelglue.methods import introsort
+    from modelglue.methods.task_vectors import prepare_keep
+
+    monkeypatch.setattr(introsort, "BLOCK", 4096)
+    g = torch.Generator().manual_seed(11)
+    d = (torch.randn(300, 200, generator=g) * 0.01 / grid).round() * grid
+    for density in (0.1, 0.37, 0.8):
+        assert torch.equal(magnitude(d, density), _mergekit_magnitude(d, density)), density
+        assert torch.equal(magnitude_outliers(d, density, gamma=0.05), _mergekit_outliers(d, density, 0.05)), density
+    flat = d.reshape(-1)
+    keep = prepare_keep(lambda a, b: flat[a:b], flat.numel(), flat.dtype, "magnitude", 0.37, None)
+    sliced = torch.cat([keep.apply(flat[a:a + 5000], a) for a in range(0, flat.numel(), 5000)])
+    assert torch.equal(sliced.reshape(d.shape), _mergekit_magnitude(d, 0.37))
+    if grid == 1e-2:  # a third of the entries tie at the cut: too many to follow, so sorted
+        assert keep.explicit is not None
+    else:
+        assert keep.explicit is None and keep.low.tied_below is not None
+
+
+def test_ties_sorts_from_fresh_magnitudes_when_the_emulation_gives_up(monkeypatch):
+    """If following the sort fails midway (std::sort's heapsort fallback), the magnitudes
+    it scrambled are measured again before the real sort."""
+    from modelglue.methods import introsort
+
+    def scramble_and_give_up(values, p, value, descending):
+        values.copy_(values.flip(0))
+        return None
+
+    monkeypatch.setattr(introsort, "_follow", scramble_and_give_up)
+    g = torch.Generator().manual_seed(12)
+    d = (torch.randn(5000, generator=g) * 10).round()
+    assert torch.equal(magnitude(d, 0.3), _mergekit_magnitude(d, 0.3))

@@ -29,6 +29,8 @@ from typing import Callable
 
 import torch
 
+from modelglue.methods.introsort import sort_prefix_ties
+
 PREPARE_BYTES = 1 << 30  # memory for task vectors prepared at once (a sort at the cut: 12 bytes an entry)
 RADIX_BLOCK = 1 << 22  # entries per bincount in the radix select: bounds its int64 temporaries
 RANDOM_BLOCK = 1 << 19  # DARE draws its random numbers per block of this many entries, seeded by
@@ -40,17 +42,23 @@ RANDOM_BLOCK = 1 << 19  # DARE draws its random numbers per block of this many e
 
 @dataclass(frozen=True)
 class Cut:
-    """A cut at position p of the ascending order of magnitudes, equal magnitudes taken in
-    index order: entry j lies below it iff m_j < value, or m_j == value and j < split.
-    `ambiguous`: equal magnitudes fall on both sides of the cut."""
+    """A cut at position p of the ascending order of magnitudes: entry j lies below it iff
+    m_j < value, or m_j == value and j is one of the tied entries below it. Those are the
+    ones with j < split (index order), or, where mergekit's sort order decides, the
+    ascending indices `tied_below`. `ambiguous`: equal magnitudes fall on both sides."""
 
     value: float
     split: int
     ambiguous: bool = False
+    tied_below: torch.Tensor | None = None
 
     def below(self, mags: torch.Tensor, start: int) -> torch.Tensor:
         """Which entries of mags (the flat slice starting at `start`) lie below the cut."""
         below = mags < self.value
+        if self.tied_below is not None:
+            lo, hi = torch.searchsorted(self.tied_below, torch.tensor([start, start + mags.numel()])).tolist()
+            below[(self.tied_below[lo:hi] - start).to(mags.device)] = True
+            return below
         inside = min(max(self.split - start, 0), mags.numel())
         if inside:
             below[:inside] |= mags[:inside] == self.value
@@ -188,13 +196,18 @@ def prepare_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: torch.
             if before >= 1e-7 and after >= 1e-7:
                 keep.scale = before / after
         return keep
-    mags = None
-    for a in range(0, n, RADIX_BLOCK):
-        part = read(a, min(n, a + RADIX_BLOCK))
-        if mags is None:
-            mags = torch.empty(n, dtype=torch.float32, device=part.device)
-            dtype = dtype or part.dtype
-        mags[a:a + RADIX_BLOCK] = part.abs()
+
+    def magnitudes() -> tuple[torch.Tensor, torch.dtype]:
+        mags = None
+        for a in range(0, n, RADIX_BLOCK):
+            part = read(a, min(n, a + RADIX_BLOCK))
+            if mags is None:
+                mags = torch.empty(n, dtype=torch.float32, device=part.device)
+            mags[a:a + RADIX_BLOCK] = part.abs()
+        return mags, part.dtype
+
+    mags, read_dtype = magnitudes()
+    dtype = dtype or read_dtype
     if sparsify == "magnitude":  # TIES: the top density fraction (at least one entry)
         lo, hi = (n - max(1, int(density * n)), n) if density > 0 else (n, n)
     else:  # breadcrumbs: drop the top gamma fraction (outliers) and the smallest, keep density
@@ -202,17 +215,9 @@ def prepare_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: torch.
         lo = max(0, n - kept - n_top)
         hi = lo + kept
     keep = Keep(low=rank_cut(mags, lo), high=rank_cut(mags, hi) if hi < n else None)
-    if tie_order == "sort" and (keep.low.ambiguous or (keep.high is not None and keep.high.ambiguous)):
-        # Equal magnitudes straddle a cut: keep the ones mergekit's sort keeps (it ranks
-        # TIES by a descending argsort, breadcrumbs by an ascending sort). Sorting mags in
-        # place saves a copy of the tensor; the L1 rescale below still needs it.
-        keep = Keep(explicit=torch.zeros(n, dtype=torch.bool, device=mags.device))
-        values = mags if rescale != "l1" else mags.clone()
-        order = torch.empty(n, dtype=torch.int64, device=mags.device)
-        torch.sort(values, descending=sparsify == "magnitude", out=(values, order))
-        del values
-        keep.explicit[order[:n - lo] if sparsify == "magnitude" else order[lo:hi]] = True
-        del order
+    if tie_order == "sort":
+        keep = _in_sort_order(keep, mags, lo, hi, descending=sparsify == "magnitude", keep_mags=rescale == "l1",
+                              measure_again=lambda: magnitudes()[0])
     if rescale == "density":
         keep.scale = 1 / density if density > 0 else None
     elif rescale == "l1":  # match the L1 norm of the whole task vector, summed as mergekit does
@@ -221,6 +226,41 @@ def prepare_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: torch.
         after = whole.where(keep.mask(whole, 0), 0).sum()
         if before >= 1e-7 and after >= 1e-7:
             keep.scale = before / after
+    return keep
+
+
+def _in_sort_order(keep: Keep, mags: torch.Tensor, lo: int, hi: int, *, descending: bool, keep_mags: bool,
+                   measure_again: Callable[[], torch.Tensor]) -> Keep:
+    """`keep` with each ambiguous cut resolved as mergekit's sort resolves it: TIES keeps
+    the first n - lo entries of a descending argsort, breadcrumbs [lo, hi) of an ascending
+    sort. introsort.sort_prefix_ties finds where the sort puts the tied entries without
+    sorting, overwriting mags unless `keep_mags`; where it cannot, sort the magnitudes
+    (measured again if they were overwritten)."""
+    cuts = [(name, cut, p) for name, cut, p in (("low", keep.low, lo), ("high", keep.high, hi))
+            if cut is not None and cut.ambiguous and cut.value != 0]  # a zero is zero, kept or not
+    resolved = {}
+    for count, (name, cut, p) in enumerate(cuts):
+        in_place = not keep_mags and count == len(cuts) - 1
+        followed = sort_prefix_ties(mags if in_place else mags.clone(), mags.numel() - p if descending else p,
+                                    cut.value, descending)
+        if followed is None:
+            return _sorted_keep(measure_again() if in_place else mags, lo, hi, descending=descending,
+                                keep_mags=keep_mags)
+        tied, before = followed  # descending: before p = kept, i.e. not below the cut
+        resolved[name] = Cut(cut.value, cut.split, True, tied[~before if descending else before])
+    return Keep(low=resolved.get("low", keep.low), high=resolved.get("high", keep.high))
+
+
+def _sorted_keep(mags: torch.Tensor, lo: int, hi: int, *, descending: bool, keep_mags: bool) -> Keep:
+    """The keep rule read off a full sort of mags, as mergekit ranks: the fallback of
+    _in_sort_order (12 bytes an entry; single-threaded on CPU)."""
+    n = mags.numel()
+    keep = Keep(explicit=torch.zeros(n, dtype=torch.bool, device=mags.device))
+    values = mags.clone() if keep_mags else mags
+    order = torch.empty(n, dtype=torch.int64, device=mags.device)
+    torch.sort(values, descending=descending, out=(values, order))
+    del values
+    keep.explicit[order[:n - lo] if descending else order[lo:hi]] = True
     return keep
 
 

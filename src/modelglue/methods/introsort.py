@@ -1,0 +1,187 @@
+"""Where an unstable CPU `torch.sort` puts equal values, without sorting.
+
+mergekit's TIES ranks a task vector with `torch.argsort(|d|, descending=True)` and keeps
+the first k entries. Where equal magnitudes straddle position k, which of them it keeps is
+decided by the sort algorithm: torch's CPU sort runs libstdc++'s `std::sort` (introsort:
+median-of-three quicksort down to runs of 16, then one insertion sort, which keeps equal
+values in the order the quicksort left them). Reproducing that choice used to cost a full
+sort of the tensor, 12 bytes and ~27 comparisons an entry, single-threaded.
+
+Whether an entry ends before position p only depends on the partitions of the runs that
+contain p: like quickselect, `sort_prefix_ties` follows std::sort's own pivots and
+partitions into that run only, a few vectorised passes over a halving range (about 2n
+entries in all, int32 positions). Everything else std::sort would still do cannot move
+an entry across p. `follows_torch_sort` checks the emulation against the installed torch
+once, so a torch with another CPU sort falls back to sorting rather than to a wrong answer.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+BLOCK = 1 << 22  # entries per vectorised step: bounds the temporaries of one pass
+THRESHOLD = 16  # libstdc++'s _S_threshold: runs this short are left to the insertion sort
+MAX_TIED = 16  # follow at most n / MAX_TIED equal values (their positions are tracked)
+
+
+def _stop_left(x: torch.Tensor, pivot: float, descending: bool) -> torch.Tensor:
+    """Where the left scan of __unguarded_partition stops: x does not sort before pivot."""
+    return x <= pivot if descending else x >= pivot
+
+
+def _stop_right(x: torch.Tensor, pivot: float, descending: bool) -> torch.Tensor:
+    """Where the right scan stops: pivot does not sort before x."""
+    return x >= pivot if descending else x <= pivot
+
+
+def _stops(a: torch.Tensor, lo: int, hi: int, stop, pivot: float, descending: bool) -> torch.Tensor:
+    """Ascending int32 positions in [lo, hi) where `stop` holds."""
+    parts = [stop(a[b:min(hi, b + BLOCK)], pivot, descending).nonzero().flatten().to(torch.int32) + b
+             for b in range(lo, hi, BLOCK)]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int32)
+
+
+def _partition(a: torch.Tensor, first: int, last: int, pivot: float,
+               descending: bool) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """libstdc++'s __unguarded_partition of a[first:last] around `pivot`, without moving
+    anything: the cut it returns and the s position pairs it swaps, (L_i, R_i) for i < s,
+    L ascending, R descending. The i-th left stop pairs with the i-th right stop while
+    L_i < R_i; the scans meet at q0, the first q with as many left stops before q as
+    right stops at or after it, so every L_i < q0 <= R_i."""
+    starts = range(first, last, BLOCK)
+    left = [int(torch.count_nonzero(_stop_left(a[b:min(last, b + BLOCK)], pivot, descending))) for b in starts]
+    right = [int(torch.count_nonzero(_stop_right(a[b:min(last, b + BLOCK)], pivot, descending))) for b in starts]
+    left_before = [0]
+    for c in left:
+        left_before.append(left_before[-1] + c)
+    right_from = [0] * (len(right) + 1)
+    for j in range(len(right) - 1, -1, -1):
+        right_from[j] = right_from[j + 1] + right[j]
+    # D(q) = left stops in [first, q) - right stops in [q, last) never decreases; find the
+    # block where it turns non-negative, then the exact q0 inside it.
+    j = max(j for j in range(len(starts)) if left_before[j] < right_from[j])
+    b = starts[j]
+    x = a[b:min(last, b + BLOCK)]
+    cum_left = _stop_left(x, pivot, descending).cumsum(0, dtype=torch.int32)
+    cum_right = _stop_right(x, pivot, descending).cumsum(0, dtype=torch.int32)
+    t = int(torch.searchsorted(cum_left + cum_right, right_from[j] - left_before[j]))
+    q0 = b + t + 1
+    swaps = right_from[j] - int(cum_right[t])
+    lefts = left_before[j] + int(cum_left[t])
+    left_pos = _stops(a, first, q0, _stop_left, pivot, descending)[:swaps + 1]
+    right_pos = _stops(a, q0, last, _stop_right, pivot, descending).flip(0)
+    if lefts > swaps:  # the left scan stops again before reaching the last swapped R
+        cut = int(left_pos[swaps])
+    else:  # both scans resume at q0: the left one stops at the first stop of either kind
+        cut = None
+        for b in range(q0, last, BLOCK):
+            x = a[b:min(last, b + BLOCK)]
+            hit = (_stop_left(x, pivot, descending) | _stop_right(x, pivot, descending)).nonzero()
+            if len(hit):
+                cut = b + int(hit[0])
+                break
+        assert cut is not None, "unguarded partition ran off its range"
+    return cut, left_pos[:swaps], right_pos
+
+
+def _median_to_first(a: torch.Tensor, first: int, last: int, descending: bool) -> int:
+    """libstdc++'s __move_median_to_first on (first + 1, middle, last - 1): the position
+    whose value is swapped into `first` as the pivot."""
+    i, j, k = first + 1, first + (last - first) // 2, last - 1
+    x, y, z = float(a[i]), float(a[j]), float(a[k])
+
+    def before(u: float, v: float) -> bool:
+        return u > v if descending else u < v
+
+    if before(x, y):
+        return j if before(y, z) else k if before(x, z) else i
+    if before(x, z):
+        return i
+    return k if before(y, z) else j
+
+
+def sort_prefix_ties(values: torch.Tensor, p: int, value: float,
+                     descending: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Which entries equal to `value` `torch.sort(values, descending)` (unstable, CPU)
+    places before position p, where `value` is the sorted value at p - 1 and p.
+
+    Returns (tied, before): the ascending indices of the entries equal to `value`, and
+    whether each ends before p. Overwrites `values` (a flat float32 CPU tensor). None where
+    the emulation does not apply (another device or dtype, NaN, a torch whose sort it does
+    not follow, so many equal values that tracking them costs more than a sort, or a run
+    deep enough for std::sort to switch to heapsort): then sort."""
+    if values.device.type != "cpu" or values.dtype != torch.float32 or not follows_torch_sort():
+        return None
+    return _follow(values, p, value, descending)
+
+
+def _follow(values: torch.Tensor, p: int, value: float,
+            descending: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    n = values.numel()
+    tied = (values == value).nonzero().flatten()
+    if n >= 2**31 or len(tied) > max(THRESHOLD, n // MAX_TIED) or bool(values.isnan().any()):
+        return None
+    position = tied.clone()  # where each tied entry is now
+    open_ = torch.ones(len(tied), dtype=torch.bool)  # still inside the run that holds p
+    before = torch.zeros(len(tied), dtype=torch.bool)
+    first, last, depth = 0, n, 2 * (n.bit_length() - 1)
+    while last - first > THRESHOLD and bool(open_.any()):
+        if depth == 0:
+            return None  # std::sort would heapsort this run
+        depth -= 1
+        m = _median_to_first(values, first, last, descending)
+        values[first], values[m] = float(values[m]), float(values[first])
+        position = torch.where(position == first, m, torch.where(position == m, first, position))
+        pivot = float(values[first])
+        cut, left_pos, right_pos = _partition(values, first + 1, last, pivot, descending)
+        if len(left_pos):  # tied entries among the swapped ones move to their partners
+            pos32 = position.to(torch.int32)
+            i = torch.searchsorted(left_pos, pos32).clamp(max=len(left_pos) - 1)
+            right_up = right_pos.flip(0)
+            k = torch.searchsorted(right_up, pos32).clamp(max=len(right_up) - 1)
+            moved = torch.where(left_pos[i] == pos32, right_pos[i],
+                                torch.where(right_up[k] == pos32, left_pos[len(left_pos) - 1 - k], pos32))
+            position = torch.where(open_, moved.long(), position)
+        # Settle the tied entries that leave the run holding p: everything left of the cut
+        # ends before p when p lies on or right of the cut, everything right of it after.
+        if p >= cut:
+            before |= open_ & (position < cut)
+        open_ &= (position < cut) if p < cut else (position >= cut)
+        if p == cut:
+            open_[:] = False
+            break
+        if p < cut:  # follow the left run: only its side of the swaps matters
+            values[left_pos] = values[right_pos]
+            last = cut
+        else:
+            values[right_pos] = values[left_pos]
+            first = cut
+    if bool(open_.any()):  # the insertion sort keeps equal values in their current order
+        run = values[first:last]
+        ahead = int(torch.count_nonzero(run > value if descending else run < value))
+        waiting = open_.nonzero().flatten()
+        ranked = waiting[position[waiting].argsort()]
+        before[ranked[:max(0, p - first - ahead)]] = True
+    return tied, before
+
+
+@functools.lru_cache(maxsize=1)
+def follows_torch_sort() -> bool:
+    """Whether this torch's CPU sort is the std::sort the emulation follows: checked once
+    on a probe with many equal values, both directions, several cuts."""
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randint(0, 60, (3000,), generator=generator).float()
+    for descending in (True, False):
+        order = torch.sort(probe, descending=descending).indices
+        sorted_values = probe[order]
+        for p in range(100, 3000, 450):
+            value = float(sorted_values[p])
+            if float(sorted_values[p - 1]) != value:
+                continue
+            followed = _follow(probe.clone(), p, value, descending)
+            expected = order[:p][sorted_values[:p] == value].sort().values
+            if followed is None or not torch.equal(followed[0][followed[1]], expected):
+                return False
+    return True
+
