@@ -206,10 +206,11 @@ def test_dare_mask_is_the_same_whole_or_in_slices():
 def test_sort_prefix_ties_matches_torch_sort_without_sorting(monkeypatch, descending):
     """Following std::sort's partitions into the run that holds p picks the same tied
     entries as torch.sort, at sizes around the insertion-sort threshold and past several
-    blocks (BLOCK shrunk so that one partition spans many of them)."""
+    blocks (STEP and BLOCK shrunk so that one partition spans many of them)."""
     from modelglue.methods import introsort
 
-    monkeypatch.setattr(introsort, "BLOCK", 777)
+    monkeypatch.setattr(introsort, "STEP", 37)
+    monkeypatch.setattr(introsort, "BLOCK", 37 * 21)
     g = torch.Generator().manual_seed(7)
     checked = 0
     for n, levels in [(17, 3), (40, 5), (1000, 60), (5000, 400), (50_000, 5000), (200_000, 2**20)]:
@@ -264,6 +265,7 @@ def test_ties_and_breadcrumbs_keep_mergekits_tied_entries(monkeypatch, grid):
     from modelglue.methods import introsort
     from modelglue.methods.task_vectors import prepare_keep
 
+    monkeypatch.setattr(introsort, "STEP", 256)
     monkeypatch.setattr(introsort, "BLOCK", 4096)
     g = torch.Generator().manual_seed(11)
     d = (torch.randn(300, 200, generator=g) * 0.01 / grid).round() * grid

@@ -31,7 +31,7 @@ import torch
 
 from modelglue.methods.introsort import sort_prefix_ties
 
-PREPARE_BYTES = 1 << 30  # memory for task vectors prepared at once (a sort at the cut: 12 bytes an entry)
+PREPARE_BYTES = 5 << 29  # memory for task vectors prepared at once (about 8 bytes an entry, see prepare_keeps)
 RADIX_BLOCK = 1 << 22  # entries per bincount in the radix select: bounds its int64 temporaries
 RANDOM_BLOCK = 1 << 19  # DARE draws its random numbers per block of this many entries, seeded by
 # (seed, block): the same mask whether a tensor is merged whole or in chunks (aligned to blocks)
@@ -275,9 +275,10 @@ def prepare_keeps(read: Callable[[int, int, int], torch.Tensor], n: int, dtype: 
     jobs = [functools.partial(prepare_keep, lambda a, b, i=i: read(i, a, b), n, dtype, sparsify, density[i], rescale,
                               gamma=gamma[i] if gamma else 0.01, tie_order=tie_order, seed=seeds[i] if seeds else None)
             for i in range(len(density))]
-    # Task vectors are independent and torch releases the GIL: prepare several at once
-    # (a sort at the cut is single-threaded), as many as cores and PREPARE_BYTES allow.
-    workers = min(len(jobs), os.cpu_count() or 1, max(1, PREPARE_BYTES // (12 * max(1, n))))
+    # Task vectors are independent and torch releases the GIL: prepare several at once, as
+    # many as cores and PREPARE_BYTES allow. One takes 4 bytes an entry for |d| and up to
+    # 4 more to follow the sort at an ambiguous cut (12 if it has to sort).
+    workers = min(len(jobs), os.cpu_count() or 1, max(1, PREPARE_BYTES // (8 * max(1, n))))
     if workers <= 1:
         return [job() for job in jobs]
     with ThreadPoolExecutor(workers, thread_name_prefix="modelglue-prepare") as pool:
