@@ -21,7 +21,9 @@ import functools
 import torch
 
 STEP = 1 << 16  # stops are counted per piece of this many entries
-BLOCK = STEP << 6  # entries per vectorised pass: bounds its temporaries (a multiple of STEP)
+BLOCK = STEP << 3  # entries per vectorised pass (a multiple of STEP). Small temporaries matter:
+# two threads preparing at once keep glibc arenas of the sizes they free (4M-entry blocks
+# cost 0.65 GB more peak RSS on the 0.5B TIES benchmark, for no speed)
 THRESHOLD = 16  # libstdc++'s _S_threshold: runs this short are left to the insertion sort
 MAX_TIED = 16  # follow at most n / MAX_TIED equal values (their positions are tracked)
 
@@ -42,11 +44,24 @@ def _piece_counts(mask: torch.Tensor) -> torch.Tensor:
     return torch.tensor([int(torch.count_nonzero(piece)) for piece in mask.split(STEP)], dtype=torch.int64)
 
 
-def _stops(a: torch.Tensor, lo: int, hi: int, stop, pivot: float, descending: bool) -> torch.Tensor:
-    """Ascending int32 positions in [lo, hi) where `stop` holds."""
-    parts = [stop(a[b:min(hi, b + BLOCK)], pivot, descending).nonzero().flatten().to(torch.int32) + b
-             for b in range(lo, hi, BLOCK)]
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int32)
+def _stops(a: torch.Tensor, lo: int, hi: int, stop, pivot: float, descending: bool, count: int, *,
+           reverse: bool = False) -> torch.Tensor:
+    """The first `count` int32 positions in [lo, hi) where `stop` holds, ascending (or all
+    of them, descending, with `reverse`), written into one preallocated tensor."""
+    out = torch.empty(count, dtype=torch.int32)
+    filled = 0
+    for b in range(lo, hi, BLOCK):
+        if filled == count:
+            break
+        found = stop(a[b:min(hi, b + BLOCK)], pivot, descending).nonzero().flatten()[:count - filled]
+        k = len(found)
+        if reverse:
+            out[count - filled - k:count - filled] = found.flip(0) + b
+        else:
+            out[filled:filled + k] = found + b
+        filled += k
+    assert filled == count, "stop counts changed between passes"
+    return out
 
 
 def _partition(a: torch.Tensor, first: int, last: int, pivot: float,
@@ -75,8 +90,8 @@ def _partition(a: torch.Tensor, first: int, last: int, pivot: float,
     q0 = b + t + 1
     swaps = int(right_from[j]) - int(cum_right[t])
     lefts = int(left_before[j]) + int(cum_left[t])
-    left_pos = _stops(a, first, q0, _stop_left, pivot, descending)[:swaps + 1]
-    right_pos = _stops(a, q0, last, _stop_right, pivot, descending).flip(0)
+    left_pos = _stops(a, first, q0, _stop_left, pivot, descending, min(lefts, swaps + 1))
+    right_pos = _stops(a, q0, last, _stop_right, pivot, descending, swaps, reverse=True)
     if lefts > swaps:  # the left scan stops again before reaching the last swapped R
         cut = int(left_pos[swaps])
     else:  # both scans resume at q0: the left one stops at the first stop of either kind

@@ -32,7 +32,8 @@ import torch
 from modelglue.methods.introsort import sort_prefix_ties
 
 PREPARE_BYTES = 5 << 29  # memory for task vectors prepared at once (about 8 bytes an entry, see prepare_keeps)
-RADIX_BLOCK = 1 << 22  # entries per bincount in the radix select: bounds its int64 temporaries
+RADIX_BLOCK = 1 << 19  # entries per bincount in the radix select and per read of |d|: bounds
+# the temporaries (small ones are reused from the heap, see introsort.BLOCK)
 RANDOM_BLOCK = 1 << 19  # DARE draws its random numbers per block of this many entries, seeded by
 # (seed, block): the same mask whether a tensor is merged whole or in chunks (aligned to blocks)
 
