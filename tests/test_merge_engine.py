@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,28 @@ def test_chunked_streaming_gives_the_same_tensors(zoo, tmp_path, monkeypatch, me
     assert set(streamed) == set(whole)
     for name in whole:
         assert torch.equal(streamed[name], whole[name]), name
+
+
+def test_small_tensors_are_prepared_two_at_a_time(zoo, tmp_path, monkeypatch):
+    """While one tensor is merged, the next ones' `prepare` (TIES: magnitude cuts) run
+    side by side: the first two calls must meet at a barrier, which a one-at-a-time
+    engine would never reach (it times out)."""
+    engine = sys.modules["modelglue.merge"]
+    a, b, c = zoo["llama"]
+    recipe = {"merge_method": "ties", "base_model": str(a), "dtype": "float32",
+              "models": [{"model": str(m), "parameters": {"weight": 0.5, "density": 0.5}} for m in (b, c)]}
+    monkeypatch.setattr(engine, "CHUNK_ELEMS", 100)
+    barrier, calls = threading.Barrier(2, timeout=20), []
+    original = engine.prepare_state
+
+    def meeting(*args, **kwargs):
+        calls.append(args[1].name)
+        if len(calls) <= 3:  # the current tensor's, then the next two at once
+            if len(calls) > 1:
+                barrier.wait()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "prepare_state", meeting)
+    out = merge(recipe, tmp_path / "out")
+    assert len(calls) == len(set(calls)) > 3
+    assert tensors(out).keys() == InMemoryMerger().state_dict(recipe).keys()

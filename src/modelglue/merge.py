@@ -195,6 +195,8 @@ class TensorSource(Protocol):
     def get(self, model_index: int, name: str) -> torch.Tensor: ...
 
 
+PREPARE_AHEAD = 2  # tensors whose `prepare` may run at once, ahead of the one being merged
+PREPARE_AHEAD_BYTES = 1 << 28  # beyond the next tensor, only while their inputs are this small
 CHUNK_ELEMS = 1 << 19  # 512K entries per input per chunk: 2 MB of float32 stays below glibc's mmap
 # threshold, so chunk buffers are reused from the heap instead of page-faulted in afresh
 
@@ -289,7 +291,8 @@ def execute(plan: Plan, source: TensorSource, sink: Callable[[TensorTask, torch.
     source that reads parts), tensors of elementwise methods larger than that are done
     in flat chunks handed to `sink` in order: memory stays a few chunks, not tensors.
     A method's `prepare` (its look at a whole tensor before the chunks) runs on its own
-    thread, one chunked tensor ahead, so that it overlaps the chunks of the current one.
+    threads, ahead of the tensor being merged (the next one, and a second one when it is
+    small), so that it overlaps the chunks of the current one.
     """
     on_gpu = device.startswith("cuda")
     copy_stream = torch.cuda.Stream(device=device) if on_gpu else None
@@ -304,13 +307,20 @@ def execute(plan: Plan, source: TensorSource, sink: Callable[[TensorTask, torch.
                 prepared_tasks.append(task)
         else:
             work.append((task, None))
-    preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelglue-prepare") if prepared_tasks else None
+    preparer = ThreadPoolExecutor(max_workers=PREPARE_AHEAD, thread_name_prefix="modelglue-prepare") \
+        if prepared_tasks else None
     states: dict[str, Future] = {}
 
     def state_of(task: TensorTask) -> Any:
-        """The prepared state of `task`, after queueing the next chunked tensor's."""
+        """The prepared state of `task`, after queueing the next chunked tensors': the next
+        one always, further ones (up to PREPARE_AHEAD in all) while their inputs are small."""
         k = next(i for i, t in enumerate(prepared_tasks) if t is task)
-        for t in prepared_tasks[k:k + 2]:
+        small = 0
+        for ahead, t in enumerate(prepared_tasks[k:k + 1 + PREPARE_AHEAD]):
+            if ahead > 1:
+                small += math.prod(t.shape) * len(t.inputs) * 4
+                if small > PREPARE_AHEAD_BYTES:
+                    break
             if t.name not in states:
                 states[t.name] = preparer.submit(prepare_state, plan, t, source, device)  # type: ignore[union-attr]
         return states.pop(task.name).result()
@@ -426,10 +436,11 @@ def merge(recipe: str | Path | dict | Recipe, out_dir: str | Path, *, device: st
     device = _check_device(device)
     check_output_dir(out_dir, rec.models(), overwrite)
     plan = plan_merge(rec, seed=seed, allow_pickle=allow_pickle)
-    if threads is None and plan.method.elementwise and device == "cpu":
+    if threads is None and plan.method.elementwise and not plan.method.sums_like_mergekit and device == "cpu":
         # Streamed in 2 MB chunks, the arithmetic of one chunk is too short for torch's
         # intra-op threads to pay off (and they spin when a core is busy): the reader
-        # and writer threads already keep the other cores working.
+        # and writer threads already keep the other cores working. (Methods that sum like
+        # mergekit keep its thread count: same speed here, and bit-identical sums.)
         threads = 1
     old_threads = torch.get_num_threads()
     if threads:

@@ -72,6 +72,10 @@ class MergeMethod:
     # overwrite) before `fn` runs on flat chunks with state=..., start=... (TIES needs
     # each task vector's magnitude ranks first, slerp the angle between the tensors).
     prepare: Callable[..., Any] | None = None
+    # `prepare` takes float32 sums over whole tensors, as mergekit does. Their last bits
+    # depend on how torch splits a sum over its intra-op threads, so the engine leaves
+    # torch's default thread count (mergekit's) in place for these methods.
+    sums_like_mergekit: bool = False
     description: str = ""
     reference: str = ""
     fixed: dict = field(default_factory=dict)  # keyword arguments baked into this method
@@ -151,13 +155,13 @@ register(MergeMethod(
 
 register(MergeMethod(
     "slerp", slerp, (Param("t", float, **UNIT),), needs_base=True, min_inputs=2, max_inputs=2,
-    elementwise=True, prepare=slerp_prepare,
+    elementwise=True, prepare=slerp_prepare, sums_like_mergekit=True,
     description="Spherical interpolation from the base to one other model.",
     reference="https://en.wikipedia.org/wiki/Slerp"))
 
 register(MergeMethod(
     "model_stock", model_stock, (Param("filter_wise", bool, default=False),), needs_base=True, min_inputs=3,
-    elementwise=True, prepare=model_stock_prepare,
+    elementwise=True, prepare=model_stock_prepare, sums_like_mergekit=True,
     description="Interpolate towards the fine-tunes' mean by their task vectors' geometry.",
     reference="https://arxiv.org/abs/2403.19522"))
 
