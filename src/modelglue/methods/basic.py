@@ -69,7 +69,9 @@ def model_stock_prepare(read: Callable[[int, int, int], torch.Tensor], shape: tu
     cosines = []
     for i, a in enumerate(offsets):
         for j in range(i + 1, len(offsets)):
-            cosines.append(((a * offsets[j]).sum(dim=-1) / (norms[i] * norms[j]).clamp(min=1e-6)).clamp(-1, 1))
+            # a * offsets[j], in place into a at its last use (no further pair reads it)
+            product = a.mul_(offsets[j]) if j == len(offsets) - 1 else a * offsets[j]
+            cosines.append((product.sum(dim=-1) / (norms[i] * norms[j]).clamp(min=1e-6)).clamp(-1, 1))
     k = len(offsets)
     del offsets
     cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
