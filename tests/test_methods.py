@@ -283,15 +283,17 @@ def test_ties_and_breadcrumbs_keep_mergekits_tied_entries(monkeypatch, grid):
 
 
 def test_ties_sorts_from_fresh_magnitudes_when_the_emulation_gives_up(monkeypatch):
-    """If following the sort fails midway (std::sort's heapsort fallback), the magnitudes
-    it scrambled are measured again before the real sort."""
+    """If following the sort fails midway (a run deep enough for std::sort's heapsort,
+    forced here by a tiny partition budget), the magnitudes it has already rearranged
+    are measured again before the real sort."""
     from modelglue.methods import introsort
 
-    def scramble_and_give_up(values, p, value, descending):
-        values.copy_(values.flip(0))
-        return None
-
-    monkeypatch.setattr(introsort, "_follow", scramble_and_give_up)
     g = torch.Generator().manual_seed(12)
-    d = (torch.randn(5000, generator=g) * 10).round()
+    d = (torch.randn(5000, generator=g) * 100).round()
+    value = float(d.abs().sort(descending=True).values[1500])
+    assert introsort.sort_prefix_ties(d.abs(), 1500, value, True) is not None
+    monkeypatch.setattr(introsort, "depth_limit", lambda n: 2)
+    scratch = d.abs()
+    assert introsort.sort_prefix_ties(scratch, 1500, value, True) is None
+    assert not torch.equal(scratch, d.abs())  # it had started rearranging
     assert torch.equal(magnitude(d, 0.3), _mergekit_magnitude(d, 0.3))

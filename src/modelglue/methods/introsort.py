@@ -106,6 +106,12 @@ def _partition(a: torch.Tensor, first: int, last: int, pivot: float,
     return cut, left_pos[:swaps], right_pos
 
 
+def depth_limit(n: int) -> int:
+    """std::sort's partition budget for n entries, 2 floor(log2 n): a run that needs more
+    is heapsorted instead."""
+    return 2 * (n.bit_length() - 1)
+
+
 def _median_to_first(a: torch.Tensor, first: int, last: int, descending: bool) -> int:
     """libstdc++'s __move_median_to_first on (first + 1, middle, last - 1): the position
     whose value is swapped into `first` as the pivot."""
@@ -146,7 +152,7 @@ def _follow(values: torch.Tensor, p: int, value: float,
     position = tied.clone()  # where each tied entry is now
     open_ = torch.ones(len(tied), dtype=torch.bool)  # still inside the run that holds p
     before = torch.zeros(len(tied), dtype=torch.bool)
-    first, last, depth = 0, n, 2 * (n.bit_length() - 1)
+    first, last, depth = 0, n, depth_limit(n)
     while last - first > THRESHOLD and bool(open_.any()):
         if depth == 0:
             return None  # std::sort would heapsort this run
