@@ -111,8 +111,8 @@ def rank_cut(mags: torch.Tensor, p: int) -> Cut:
 class Keep:
     """Which entries of one task vector survive, and the factor survivors are scaled by.
     Either by magnitude rank (entries at or above `low`, below `high`), or at random
-    (`seed`, `density`), or by an explicit mask (where mergekit's sort order decides equal
-    magnitudes, or a random mask already drawn)."""
+    (`seed`, `density`), or by an explicit mask (read off a full sort where following
+    mergekit's sort order was not possible, or a random mask already drawn)."""
 
     low: Cut | None = None
     high: Cut | None = None
@@ -179,9 +179,7 @@ def prepare_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: torch.
         return None
     if sparsify == "random":
         keep = Keep(seed=seed, density=density, size=n)
-        if rescale == "density":
-            keep.scale = 1 / density if density > 0 else None
-        elif rescale == "l1":
+        if rescale == "l1":
             # The L1 sums need the whole mask: keep it (a byte an entry) rather than draw it again.
             before = after = 0.0  # float32 sums within a block, float64 across blocks
             explicit = None
@@ -196,7 +194,16 @@ def prepare_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: torch.
             keep.explicit = explicit
             if before >= 1e-7 and after >= 1e-7:
                 keep.scale = before / after
-        return keep
+    else:
+        keep = _magnitude_keep(read, n, dtype, sparsify, density, rescale, gamma, tie_order)
+    if rescale == "density":
+        keep.scale = 1 / density if density > 0 else None
+    return keep
+
+
+def _magnitude_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: torch.dtype | None, sparsify: str,
+                    density: float, rescale: str | None, gamma: float, tie_order: str) -> Keep:
+    """prepare_keep for the magnitude sparsifiers: exact cuts of |d| (and the L1 rescale)."""
 
     def magnitudes() -> tuple[torch.Tensor, torch.dtype]:
         mags = None
@@ -219,9 +226,7 @@ def prepare_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: torch.
     if tie_order == "sort":
         keep = _in_sort_order(keep, mags, lo, hi, descending=sparsify == "magnitude", keep_mags=rescale == "l1",
                               measure_again=lambda: magnitudes()[0])
-    if rescale == "density":
-        keep.scale = 1 / density if density > 0 else None
-    elif rescale == "l1":  # match the L1 norm of the whole task vector, summed as mergekit does
+    if rescale == "l1":  # match the L1 norm of the whole task vector, summed as mergekit does
         whole = mags.to(dtype)
         before = whole.sum()
         after = whole.where(keep.mask(whole, 0), 0).sum()
@@ -295,8 +300,8 @@ def _whole(delta: torch.Tensor, sparsify: str, density: float, rescale: str | No
 def magnitude(delta: torch.Tensor, density: float, rescale: str | None = None, tie_order: str = "sort") -> torch.Tensor:
     """TIES trim: keep the top `density` fraction of entries by magnitude (at least one).
     Where equal magnitudes straddle the cut, tie_order 'sort' keeps the ones mergekit's
-    argsort keeps (bit-exact parity, at the cost of one sort of that tensor); 'index'
-    keeps the highest-index ones (always O(n))."""
+    argsort keeps (bit-exact parity: introsort.py follows the sort to the cut); 'index'
+    keeps the highest-index ones (O(n), nothing to follow)."""
     return _whole(delta, "magnitude", density, rescale, tie_order=tie_order)
 
 
