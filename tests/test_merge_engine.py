@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import threading
@@ -306,3 +307,47 @@ def test_small_tensors_are_prepared_two_at_a_time(zoo, tmp_path, monkeypatch):
     out = merge(recipe, tmp_path / "out")
     assert len(calls) == len(set(calls)) > 3
     assert tensors(out).keys() == InMemoryMerger().state_dict(recipe).keys()
+
+
+@pytest.mark.parametrize("method", ["model_stock", "slerp"])
+@pytest.mark.parametrize("keep_bytes", [0, 1 << 26])
+def test_small_prepared_tensors_are_read_once(zoo, tmp_path, monkeypatch, method, keep_bytes):
+    """model_stock and slerp look at each whole tensor (prepare) before merging it in
+    chunks. Up to KEEP_INPUTS_BYTES their chunks are cut from the very inputs prepare
+    mapped, which it leaves unchanged: every input is read once. Above it, prepare reads
+    whole (and may overwrite what it read), then the chunks are read again. The result
+    is the same."""
+    engine = sys.modules["modelglue.merge"]
+    a, b, c = zoo["llama"]
+    others = (b, c) if method == "model_stock" else (b,)
+    recipe = {"merge_method": method, "base_model": str(a), "dtype": "float32", "parameters": {"t": 0.3},
+              "models": [{"model": str(m)} for m in others]}
+    if method == "model_stock":
+        del recipe["parameters"]
+    whole = InMemoryMerger().state_dict(recipe)
+    monkeypatch.setattr(engine, "CHUNK_ELEMS", 100)
+    monkeypatch.setattr(engine, "KEEP_INPUTS_BYTES", keep_bytes)
+    reads: dict[str, list[tuple[str, int, int]]] = {"get_part": [], "map_part": []}
+    for kind in reads:
+        original = getattr(engine.DiskSource, kind)
+
+        def counted(self, m, name, start, stop, kind=kind, original=original):
+            reads[kind].append((f"{m}:{name}", start, stop))
+            return original(self, m, name, start, stop)
+
+        monkeypatch.setattr(engine.DiskSource, kind, counted)
+    streamed = tensors(merge(recipe, tmp_path / "out"))
+    assert set(streamed) == set(whole) and all(torch.equal(streamed[n], whole[n]) for n in whole)
+    chunked = {t.name: math.prod(t.shape) for t in engine.plan_merge(engine.load_recipe(recipe)).tasks
+               if math.prod(t.shape) > 100}
+    per_tensor = len(others) + 1
+    mapped = [name for name, _, _ in reads["map_part"]]
+    copied = [name for name, start, stop in reads["get_part"] if name.partition(":")[2] in chunked]
+    if keep_bytes:
+        assert sorted(mapped) == sorted(set(mapped)) and len(mapped) == per_tensor * len(chunked)
+        assert all((start, stop) == (0, chunked[name.partition(":")[2]]) for name, start, stop in reads["map_part"])
+        assert copied == []
+    else:
+        assert mapped == []
+        whole_reads = [r for r in reads["get_part"] if (r[1], r[2]) == (0, chunked.get(r[0].partition(":")[2]))]
+        assert len(whole_reads) == per_tensor * len(chunked) < len(copied)

@@ -297,3 +297,29 @@ def test_ties_sorts_from_fresh_magnitudes_when_the_emulation_gives_up(monkeypatc
     assert introsort.sort_prefix_ties(scratch, 1500, value, True) is None
     assert not torch.equal(scratch, d.abs())  # it had started rearranging
     assert torch.equal(magnitude(d, 0.3), _mergekit_magnitude(d, 0.3))
+
+
+@pytest.mark.parametrize("name", ["model_stock", "slerp"])
+def test_prepare_with_keep_inputs_leaves_its_reads_alone_and_agrees(name):
+    """prepare may overwrite what it reads, unless keep_inputs (the engine then merges
+    from those reads): both ways give the same state, bit for bit."""
+    method = get_method(name)
+    inputs = [T(BASE), T(FTS[0])] + ([T(FTS[1])] if name == "model_stock" else [])
+    shared = {"filter_wise": False} if name == "model_stock" else {"t": 0.4}
+    states, reads = [], []
+    for keep in (False, True):
+        given = []
+
+        def read(i, start, stop):
+            given.append(inputs[i].reshape(-1)[start:stop].clone())
+            return given[-1]
+
+        states.append(method.prepare_state(read, tuple(BASE.shape), 0, shared, [{}] * len(inputs), keep_inputs=keep))
+        reads.append(given)
+    assert len(reads[1]) == len(inputs)
+    assert all(torch.equal(r, x.reshape(-1)) for r, x in zip(reads[1], inputs))  # untouched
+    assert any(not torch.equal(r, x.reshape(-1)) for r, x in zip(reads[0], inputs))  # overwritten without it
+    for kept, overwritten in zip(states[1], states[0]):
+        assert torch.equal(torch.as_tensor(kept), torch.as_tensor(overwritten))
+    with pytest.raises(ValueError, match="cannot keep"):
+        get_method("ties").prepare_state(read, tuple(BASE.shape), 0, {}, [{}, {}], keep_inputs=True)

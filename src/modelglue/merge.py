@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from modelglue.arch import group_by_layer, layer_count_key, layer_name, num_layers, per_layer_config_keys, tensor_role
 from modelglue.errors import ModelGlueError
-from modelglue.io import Checkpoint, ShardedWriter, TensorSpec, atomic_output_dir, check_output_dir, copy_tokenizer_files
+from modelglue.io import (BufferPool, Checkpoint, ShardedWriter, TensorSpec, atomic_output_dir, check_output_dir,
+                          copy_tokenizer_files, keep_freed_memory)
 from modelglue.methods import REQUIRED, MergeMethod, get_method
 from modelglue.methods.task_vectors import derive_seed
 from modelglue.recipe import OutputSlice, Recipe, SliceSource, evaluate_setting, load_recipe, recipe_to_yaml
@@ -197,22 +198,32 @@ class TensorSource(Protocol):
 
 PREPARE_AHEAD = 2  # tensors whose `prepare` may run at once, ahead of the one being merged
 PREPARE_AHEAD_BYTES = 1 << 28  # beyond the next tensor, only while their inputs are this small
+# Where prepare can leave its whole reads unchanged, a tensor whose inputs take at most
+# this many bytes is merged from them: no second read, for a few tensors' worth of memory.
+KEEP_INPUTS_BYTES = 1 << 26
 CHUNK_ELEMS = 1 << 19  # 512K entries per input per chunk: 2 MB of float32 stays below glibc's mmap
 # threshold, so chunk buffers are reused from the heap instead of page-faulted in afresh
+READ_POOL_BYTES = 4 << 30  # read buffers kept for reuse, at most
 
 
 class DiskSource:
-    """Reads each input tensor from its checkpoint when asked (no cache); into pinned
-    memory when the arithmetic runs on a GPU."""
+    """Reads each input tensor from its checkpoint when asked (no cache): into buffers
+    reused once their tensors are gone, or into pinned memory when the arithmetic runs
+    on a GPU."""
 
     def __init__(self, checkpoints: list[Checkpoint], pin_memory: bool = False):
         self.checkpoints, self.pin_memory = checkpoints, pin_memory
+        self.pool = BufferPool(READ_POOL_BYTES)
 
     def get(self, model_index: int, name: str) -> torch.Tensor:
-        return self.checkpoints[model_index].get(name, pin_memory=self.pin_memory)
+        return self.checkpoints[model_index].get(name, pin_memory=self.pin_memory, pool=self.pool)
 
     def get_part(self, model_index: int, name: str, start: int, stop: int) -> torch.Tensor:
-        return self.checkpoints[model_index].get_flat(name, start, stop, pin_memory=self.pin_memory)
+        return self.checkpoints[model_index].get_flat(name, start, stop, pin_memory=self.pin_memory, pool=self.pool)
+
+    def map_part(self, model_index: int, name: str, start: int, stop: int) -> torch.Tensor:
+        """Like get_part, mapped instead of copied: for parts that are only read."""
+        return self.checkpoints[model_index].map_flat(name, start, stop)
 
 
 class ResidentSource:
@@ -261,23 +272,35 @@ def _seeds(plan: Plan, task: TensorTask) -> list[int] | None:
     return [derive_seed(plan.seed, task.name, str(i)) for i in range(len(task.inputs)) if i != task.base_index]
 
 
-def prepare_state(plan: Plan, task: TensorTask, source: Any, device: str = "cpu") -> Any:
+def prepare_state(plan: Plan, task: TensorTask, source: Any, device: str = "cpu",
+                  keep_inputs: bool = False) -> tuple[Any, list[torch.Tensor | None] | None]:
     """What a two-pass method must know of the whole tensors before chunks of them
-    (TIES: each task vector's magnitude ranks), read slice by slice from `source`."""
+    (TIES: each task vector's magnitude ranks), read slice by slice from `source`.
+    Returns (state, inputs): with keep_inputs, the whole flat inputs that prepare read
+    and left unchanged (None for any it did not read whole), to cut the chunks from."""
     if task.copy_only or plan.method.prepare is None:
-        return None
+        return None, None
     work = TORCH_DTYPES.get(plan.recipe.dtype or "")
+    n = math.prod(task.shape)
+    whole: dict[int, torch.Tensor] = {}
+
+    # Reads that prepare leaves unchanged are only ever read: map them rather than copy.
+    get_part = source.map_part if keep_inputs and device == "cpu" and hasattr(source, "map_part") else source.get_part
 
     def read(i: int, start: int, stop: int) -> torch.Tensor:
         m, name = task.inputs[i]
-        t = source.get_part(m, name, start, stop)
-        return t.to(device=device, dtype=work or t.dtype)
+        t = get_part(m, name, start, stop)
+        t = t.to(device=device, dtype=work or t.dtype)
+        if keep_inputs and (start, stop) == (0, n):
+            whole[i] = t
+        return t
 
     try:
-        return plan.method.prepare_state(read, task.shape, task.base_index, task.shared, task.per_input,
-                                         _seeds(plan, task))
+        state = plan.method.prepare_state(read, task.shape, task.base_index, task.shared, task.per_input,
+                                          _seeds(plan, task), keep_inputs=keep_inputs)
     except ModelGlueError as exc:
         raise ModelGlueError(f"tensor {task.name}: {exc}") from None
+    return state, [whole.get(i) for i in range(len(task.inputs))] if keep_inputs else None
 
 
 def execute(plan: Plan, source: TensorSource, sink: Callable[[TensorTask, torch.Tensor], None], *,
@@ -299,12 +322,15 @@ def execute(plan: Plan, source: TensorSource, sink: Callable[[TensorTask, torch.
     chunked = chunk_elems and plan.method.elementwise and hasattr(source, "get_part")
     work: list[tuple[TensorTask, tuple[int, int] | None]] = []
     prepared_tasks: list[TensorTask] = []  # chunked tensors whose method prepares a state, in order
+    kept: set[str] = set()  # of those, the ones whose chunks are cut from prepare's own reads
     for task in plan.tasks:
         n = math.prod(task.shape)
         if chunked and not task.copy_only and n > chunk_elems:
             work += [(task, (a, min(n, a + chunk_elems))) for a in range(0, n, chunk_elems)]
             if plan.method.prepare is not None:
                 prepared_tasks.append(task)
+                if plan.method.prepare_keeps_inputs and n * len(task.inputs) * 4 <= KEEP_INPUTS_BYTES:
+                    kept.add(task.name)
         else:
             work.append((task, None))
     preparer = ThreadPoolExecutor(max_workers=PREPARE_AHEAD, thread_name_prefix="modelglue-prepare") \
@@ -322,11 +348,14 @@ def execute(plan: Plan, source: TensorSource, sink: Callable[[TensorTask, torch.
                 if small > PREPARE_AHEAD_BYTES:
                     break
             if t.name not in states:
-                states[t.name] = preparer.submit(prepare_state, plan, t, source, device)  # type: ignore[union-attr]
+                states[t.name] = preparer.submit(  # type: ignore[union-attr]
+                    prepare_state, plan, t, source, device, t.name in kept)
         return states.pop(task.name).result()
 
-    def fetch(item: tuple[TensorTask, tuple[int, int] | None]) -> tuple[list[torch.Tensor], Any]:
+    def fetch(item: tuple[TensorTask, tuple[int, int] | None]) -> tuple[list[torch.Tensor] | None, Any]:
         task, part = item
+        if part is not None and task.name in kept:
+            return None, None  # cut from prepare's reads when its turn comes
         if part is None:
             tensors = [source.get(m, n) for m, n in task.inputs]
         else:
@@ -341,9 +370,10 @@ def execute(plan: Plan, source: TensorSource, sink: Callable[[TensorTask, torch.
         return tensors, done
 
     state: Any = None
+    whole_inputs: list[torch.Tensor | None] | None = None  # prepare's reads of the current tensor, if kept
 
-    def run(item: tuple[TensorTask, tuple[int, int] | None], fetched: tuple[list[torch.Tensor], Any]) -> None:
-        nonlocal state
+    def run(item: tuple[TensorTask, tuple[int, int] | None], fetched: tuple[list[torch.Tensor] | None, Any]) -> None:
+        nonlocal state, whole_inputs
         (task, part), (tensors, done) = item, fetched
         if done is not None:
             main_stream = torch.cuda.current_stream(device)
@@ -351,10 +381,14 @@ def execute(plan: Plan, source: TensorSource, sink: Callable[[TensorTask, torch.
             for t in tensors:  # memory made on the copy stream is now used on the main one
                 t.record_stream(main_stream)
         if part is not None and part[0] == 0 and preparer is not None:  # first chunk: the look at the whole
-            state = state_of(task)
+            state, whole_inputs = state_of(task)
+        if tensors is None:  # a kept tensor: the chunk is a view of prepare's reads (any it lacks: read now)
+            assert part is not None and whole_inputs is not None
+            tensors = [w[part[0]:part[1]] if w is not None else source.get_part(m, name, *part)  # type: ignore[attr-defined]
+                       for w, (m, name) in zip(whole_inputs, task.inputs)]
         sink(task, compute_tensor(plan, task, tensors, device, state=state, start=part[0] if part else 0))
         if part is None or part[1] == math.prod(task.shape):
-            state = None
+            state = whole_inputs = None
             bar.update()
 
     bar = tqdm(total=len(plan.tasks), desc=desc, unit="tensor", disable=not progress, leave=False)
@@ -442,6 +476,8 @@ def merge(recipe: str | Path | dict | Recipe, out_dir: str | Path, *, device: st
         # and writer threads already keep the other cores working. (Methods that sum like
         # mergekit keep its thread count: same speed here, and bit-identical sums.)
         threads = 1
+    if device == "cpu":
+        keep_freed_memory()
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

@@ -15,7 +15,8 @@ from typing import Iterator
 import torch
 
 from modelglue.errors import ModelGlueError
-from modelglue.io.safetensors_io import TensorInfo, read_header, read_tensor
+from modelglue.io.buffers import BufferPool
+from modelglue.io.safetensors_io import TensorInfo, map_tensor, read_header, read_tensor
 
 PICKLE_FILES = ("pytorch_model.bin", "model.pt", "model.bin")
 # Files that travel with the weights into a merged or mixed model.
@@ -126,26 +127,37 @@ class Checkpoint:
             return t.numel() * t.element_size()
         return self._infos[self._check(name)].nbytes
 
-    def get(self, name: str, pin_memory: bool = False) -> torch.Tensor:
-        """Read one tensor into owned memory (page-locked if pin_memory, for GPU copies)."""
+    def get(self, name: str, pin_memory: bool = False, pool: BufferPool | None = None) -> torch.Tensor:
+        """Read one tensor into owned memory (page-locked if pin_memory, for GPU copies;
+        from `pool` if given)."""
         if self._pickled is not None:
             t = self._pickled[self._check(name)]
             return t.pin_memory() if pin_memory else t.clone()
-        return read_tensor(self._infos[self._check(name)], pin_memory)
+        return read_tensor(self._infos[self._check(name)], pin_memory, pool)
 
     def info(self, name: str) -> TensorInfo | None:
         """Where the tensor lies on disk (file, offset, size); None for pickle checkpoints."""
         return None if self._pickled is not None else self._infos[self._check(name)]
 
-    def get_flat(self, name: str, start: int, stop: int, pin_memory: bool = False) -> torch.Tensor:
+    def get_flat(self, name: str, start: int, stop: int, pin_memory: bool = False,
+                 pool: BufferPool | None = None) -> torch.Tensor:
         """Elements [start, stop) of the flattened tensor, reading only those bytes
         (so a tensor can be streamed in blocks of rows)."""
         if self._pickled is not None:
             return self._pickled[self._check(name)].reshape(-1)[start:stop].clone()
+        return read_tensor(self._part(name, start, stop), pin_memory, pool)
+
+    def map_flat(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Elements [start, stop) of the flattened tensor, mapped from the file rather
+        than copied (see map_tensor: for brief, read-only uses)."""
+        if self._pickled is not None:
+            return self.get_flat(name, start, stop)
+        return map_tensor(self._part(name, start, stop))
+
+    def _part(self, name: str, start: int, stop: int) -> TensorInfo:
         info = self._infos[self._check(name)]
         item = info.nbytes // max(1, math.prod(info.shape))
-        part = TensorInfo(info.path, info.offset + start * item, (stop - start) * item, info.dtype, (stop - start,))
-        return read_tensor(part, pin_memory)
+        return TensorInfo(info.path, info.offset + start * item, (stop - start) * item, info.dtype, (stop - start,))
 
     def _check(self, name: str) -> str:
         if name not in self:

@@ -2,9 +2,11 @@
 
 Reading parses and validates the header ourselves (so a corrupt or hostile file fails
 with a one-line error before any data is touched) and reads each tensor with a plain
-positioned read into fresh memory. We deliberately do not keep a long-lived mmap:
-pages touched through a shared mapping stay in the process's RSS until unmapped, and a
-file truncated under an mmap kills the process with SIGBUS instead of raising.
+positioned read into memory of its own. We deliberately do not keep a long-lived mmap:
+pages touched through a mapping stay in the process's RSS until unmapped, and a file
+truncated under an mmap kills the process with SIGBUS instead of raising. Only
+`map_tensor` maps, one tensor for the short while it is merged, where a copy would cost
+more than the arithmetic.
 
 Writing knows every output name, shape and dtype before the first byte (the merge plan
 does), so the header and shard layout are fixed up front and tensors are streamed to
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ from pathlib import Path
 import torch
 
 from modelglue.errors import ModelGlueError
+from modelglue.io.buffers import BufferPool
 
 # safetensors dtype tag <-> torch dtype (the subset transformers checkpoints use)
 DTYPES: dict[str, torch.dtype] = {
@@ -130,10 +134,14 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def read_tensor(info: TensorInfo, pin_memory: bool = False) -> torch.Tensor:
-    """Read one tensor into fresh (owned, writable) memory with a positioned read.
-    pin_memory reads into page-locked memory, so a later copy to the GPU is asynchronous."""
-    buf = torch.empty(info.nbytes, dtype=torch.uint8, pin_memory=pin_memory)
+def read_tensor(info: TensorInfo, pin_memory: bool = False, pool: BufferPool | None = None) -> torch.Tensor:
+    """Read one tensor into owned, writable memory with a positioned read: fresh, or a
+    buffer of `pool` that nothing uses any more. pin_memory reads into page-locked memory
+    (torch caches those itself), so a later copy to the GPU is asynchronous."""
+    if pool is not None and not pin_memory:
+        buf = pool.take(info.nbytes)
+    else:
+        buf = torch.empty(info.nbytes, dtype=torch.uint8, pin_memory=pin_memory)
     if info.nbytes:
         view = memoryview(buf.numpy()).cast("B")
         try:
@@ -150,6 +158,31 @@ def read_tensor(info: TensorInfo, pin_memory: bool = False) -> torch.Tensor:
         except OSError as exc:
             raise ModelGlueError(f"{info.path}: read failed ({exc.strerror or exc})") from None
     return buf.view(info.dtype).reshape(info.shape)
+
+
+def map_tensor(info: TensorInfo) -> torch.Tensor:
+    """One tensor mapped from its file instead of copied: a private, copy-on-write
+    mapping (a write into the tensor changes neither the file nor anything else), unmapped
+    when the tensor and its views are gone. Meant for a tensor used briefly and only read:
+    if the file shrank meanwhile the process would get SIGBUS, so its size is checked
+    first. Falls back to read_tensor where mapping is not possible."""
+    start = info.offset - info.offset % mmap.ALLOCATIONGRANULARITY
+    if info.nbytes == 0 or not hasattr(mmap, "MAP_PRIVATE") or info.offset % _itemsize(info.dtype):
+        return read_tensor(info)
+    try:
+        fd = os.open(info.path, os.O_RDONLY)
+        try:
+            if os.fstat(fd).st_size < info.offset + info.nbytes:
+                raise ModelGlueError(f"{info.path}: truncated (file changed on disk?)")
+            mapped = mmap.mmap(fd, info.offset + info.nbytes - start, flags=mmap.MAP_PRIVATE,
+                               prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=start)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise ModelGlueError(f"{info.path}: read failed ({exc.strerror or exc})") from None
+    flat = torch.frombuffer(mapped, dtype=info.dtype, count=info.nbytes // _itemsize(info.dtype),
+                            offset=info.offset - start)  # holds the mapping until the tensor is gone
+    return flat.reshape(info.shape)
 
 
 # ----------------------------------------------------------------------------- writing

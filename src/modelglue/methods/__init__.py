@@ -72,6 +72,9 @@ class MergeMethod:
     # overwrite) before `fn` runs on flat chunks with state=..., start=... (TIES needs
     # each task vector's magnitude ranks first, slerp the angle between the tensors).
     prepare: Callable[..., Any] | None = None
+    # prepare takes keep_inputs=True and then writes nothing into what read returns: the
+    # engine merges a small tensor's chunks from those very reads instead of reading again.
+    prepare_keeps_inputs: bool = False
     # `prepare` takes float32 sums over whole tensors, as mergekit does. Their last bits
     # depend on how torch splits a sum over its intra-op threads, so the engine leaves
     # torch's default thread count (mergekit's) in place for these methods.
@@ -113,12 +116,17 @@ class MergeMethod:
 
     def prepare_state(self, read: Callable[[int, int, int], torch.Tensor], shape: tuple[int, ...],
                       base_index: int | None, shared: dict[str, Any], per_input: list[dict[str, Any]],
-                      seeds: list[int] | None = None) -> Any:
-        """What `fn` needs to know about the whole tensors before it can run on chunks."""
+                      seeds: list[int] | None = None, *, keep_inputs: bool = False) -> Any:
+        """What `fn` needs to know about the whole tensors before it can run on chunks
+        (keep_inputs: leave what `read` returns unchanged; needs prepare_keeps_inputs)."""
+        if keep_inputs and not self.prepare_keeps_inputs:
+            raise ValueError(f"{self.name}: its prepare cannot keep its inputs unchanged")
         if self.prepare is None:
             return None
-        return self.prepare(read, shape, base_index, len(per_input),
-                            **self._kwargs(base_index, shared, per_input, seeds))
+        kwargs = self._kwargs(base_index, shared, per_input, seeds)
+        if keep_inputs:
+            kwargs["keep_inputs"] = True
+        return self.prepare(read, shape, base_index, len(per_input), **kwargs)
 
 
 REGISTRY: dict[str, MergeMethod] = {}
@@ -155,13 +163,13 @@ register(MergeMethod(
 
 register(MergeMethod(
     "slerp", slerp, (Param("t", float, **UNIT),), needs_base=True, min_inputs=2, max_inputs=2,
-    elementwise=True, prepare=slerp_prepare, sums_like_mergekit=True,
+    elementwise=True, prepare=slerp_prepare, prepare_keeps_inputs=True, sums_like_mergekit=True,
     description="Spherical interpolation from the base to one other model.",
     reference="https://en.wikipedia.org/wiki/Slerp"))
 
 register(MergeMethod(
     "model_stock", model_stock, (Param("filter_wise", bool, default=False),), needs_base=True, min_inputs=3,
-    elementwise=True, prepare=model_stock_prepare, sums_like_mergekit=True,
+    elementwise=True, prepare=model_stock_prepare, prepare_keeps_inputs=True, sums_like_mergekit=True,
     description="Interpolate towards the fine-tunes' mean by their task vectors' geometry.",
     reference="https://arxiv.org/abs/2403.19522"))
 

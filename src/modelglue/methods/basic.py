@@ -23,17 +23,20 @@ def linear(tensors: list[torch.Tensor], weight: list[float], normalize: bool = T
 
 
 def slerp_prepare(read: Callable[[int, int, int], torch.Tensor], shape: tuple[int, ...], base_index: int,
-                  num_inputs: int, *, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8):
+                  num_inputs: int, *, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8,
+                  keep_inputs: bool = False):
     """The coefficients (c0, c1) of slerp, from the norms of the whole flattened tensors
-    (read(i, start, stop): a fresh flat slice of input i) and the cosine between them,
-    each reduced over the whole tensor as mergekit does (float32 sums are not
-    associative, so reducing block by block would change the last bits)."""
+    (read(i, start, stop): a fresh flat slice of input i, overwritten here unless
+    keep_inputs) and the cosine between them, each reduced over the whole tensor as
+    mergekit does (float32 sums are not associative, so reducing block by block would
+    change the last bits)."""
     n = math.prod(shape)
     v0, v1 = _work(read(base_index, 0, n)), _work(read(1 - base_index, 0, n))
     n0, n1 = torch.linalg.vector_norm(v0), torch.linalg.vector_norm(v1)
     n0 = n0 if n0 > eps else torch.ones_like(n0)
     n1 = n1 if n1 > eps else torch.ones_like(n1)
-    dot = v0.div_(n0).mul_(v1.div_(n1)).sum().clamp(-1, 1)  # ((v0 / n0) * (v1 / n1)).sum(), in place
+    divide = torch.div if keep_inputs else torch.Tensor.div_
+    dot = divide(v0, n0).mul_(divide(v1, n1)).sum().clamp(-1, 1)  # ((v0 / n0) * (v1 / n1)).sum()
     del v0, v1
     if dot.abs() > dot_threshold:  # nearly colinear: plain lerp
         return 1 - t, t
@@ -54,16 +57,18 @@ def slerp(base: torch.Tensor, others: list[torch.Tensor], t: float, *, state=Non
 
 
 def model_stock_prepare(read: Callable[[int, int, int], torch.Tensor], shape: tuple[int, ...], base_index: int,
-                        num_inputs: int, *, filter_wise: bool = False) -> tuple[torch.Tensor, int]:
+                        num_inputs: int, *, filter_wise: bool = False,
+                        keep_inputs: bool = False) -> tuple[torch.Tensor, int]:
     """Model Stock's interpolation ratio t = k cos / (1 + (k - 1) cos), cos the mean
     pairwise cosine of the fine-tunes' task vectors: one t, or with filter_wise one per
     output row. Norms and dots are reduced over whole tensors as mergekit does (the task
-    vectors are made in place in the fresh buffers `read` returns). Returns (t, the
-    number of entries that share one t)."""
+    vectors are made in place in the fresh buffers `read` returns, or beside them with
+    keep_inputs). Returns (t, the number of entries that share one t)."""
     n = math.prod(shape)
     view = (shape if len(shape) >= 2 else (1, n)) if filter_wise else (n,)
     base = read(base_index, 0, n)
-    offsets = [read(i, 0, n).sub_(base).reshape(view) for i in range(num_inputs) if i != base_index]
+    subtract = torch.sub if keep_inputs else torch.Tensor.sub_
+    offsets = [subtract(read(i, 0, n), base).reshape(view) for i in range(num_inputs) if i != base_index]
     del base
     norms = [torch.norm(o, dim=-1) for o in offsets]
     cosines = []
