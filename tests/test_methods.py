@@ -299,13 +299,11 @@ def test_ties_sorts_from_fresh_magnitudes_when_the_emulation_gives_up(monkeypatc
     assert torch.equal(magnitude(d, 0.3), _mergekit_magnitude(d, 0.3))
 
 
-@pytest.mark.parametrize("name", ["model_stock", "slerp"])
-def test_prepare_with_keep_inputs_leaves_its_reads_alone_and_agrees(name):
+def test_model_stock_prepare_with_keep_inputs_leaves_its_reads_alone_and_agrees():
     """prepare may overwrite what it reads, unless keep_inputs (the engine then merges
-    from those reads): both ways give the same state, bit for bit."""
-    method = get_method(name)
-    inputs = [T(BASE), T(FTS[0])] + ([T(FTS[1])] if name == "model_stock" else [])
-    shared = {"filter_wise": False} if name == "model_stock" else {"t": 0.4}
+    from those reads): both ways give the same t, bit for bit."""
+    method = get_method("model_stock")
+    inputs = [T(BASE), T(FTS[0]), T(FTS[1])]
     states, reads = [], []
     for keep in (False, True):
         given = []
@@ -314,12 +312,14 @@ def test_prepare_with_keep_inputs_leaves_its_reads_alone_and_agrees(name):
             given.append(inputs[i].reshape(-1)[start:stop].clone())
             return given[-1]
 
-        states.append(method.prepare_state(read, tuple(BASE.shape), 0, shared, [{}] * len(inputs), keep_inputs=keep))
+        states.append(method.prepare_state(read, tuple(BASE.shape), 0, {"filter_wise": False}, [{}] * 3,
+                                           keep_inputs=keep))
         reads.append(given)
     assert len(reads[1]) == len(inputs)
     assert all(torch.equal(r, x.reshape(-1)) for r, x in zip(reads[1], inputs))  # untouched
     assert any(not torch.equal(r, x.reshape(-1)) for r, x in zip(reads[0], inputs))  # overwritten without it
-    for kept, overwritten in zip(states[1], states[0]):
-        assert torch.equal(torch.as_tensor(kept), torch.as_tensor(overwritten))
-    with pytest.raises(ValueError, match="cannot keep"):
-        get_method("ties").prepare_state(read, tuple(BASE.shape), 0, {}, [{}, {}], keep_inputs=True)
+    (t_kept, per_kept), (t_overwritten, per_overwritten) = states[1], states[0]
+    assert torch.equal(t_kept, t_overwritten) and per_kept == per_overwritten == BASE.size
+    for name in ("ties", "slerp"):  # their prepares overwrite what they read
+        with pytest.raises(ValueError, match="cannot keep"):
+            get_method(name).prepare_state(read, tuple(BASE.shape), 0, {}, [{}, {}], keep_inputs=True)

@@ -163,7 +163,7 @@ register(MergeMethod(
 
 register(MergeMethod(
     "slerp", slerp, (Param("t", float, **UNIT),), needs_base=True, min_inputs=2, max_inputs=2,
-    elementwise=True, prepare=slerp_prepare, prepare_keeps_inputs=True, sums_like_mergekit=True,
+    elementwise=True, prepare=slerp_prepare, sums_like_mergekit=True,
     description="Spherical interpolation from the base to one other model.",
     reference="https://en.wikipedia.org/wiki/Slerp"))
 

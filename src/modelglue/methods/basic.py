@@ -23,20 +23,17 @@ def linear(tensors: list[torch.Tensor], weight: list[float], normalize: bool = T
 
 
 def slerp_prepare(read: Callable[[int, int, int], torch.Tensor], shape: tuple[int, ...], base_index: int,
-                  num_inputs: int, *, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8,
-                  keep_inputs: bool = False):
+                  num_inputs: int, *, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8):
     """The coefficients (c0, c1) of slerp, from the norms of the whole flattened tensors
-    (read(i, start, stop): a fresh flat slice of input i, overwritten here unless
-    keep_inputs) and the cosine between them, each reduced over the whole tensor as
-    mergekit does (float32 sums are not associative, so reducing block by block would
-    change the last bits)."""
+    (read(i, start, stop): a fresh flat slice of input i) and the cosine between them,
+    each reduced over the whole tensor as mergekit does (float32 sums are not
+    associative, so reducing block by block would change the last bits)."""
     n = math.prod(shape)
     v0, v1 = _work(read(base_index, 0, n)), _work(read(1 - base_index, 0, n))
     n0, n1 = torch.linalg.vector_norm(v0), torch.linalg.vector_norm(v1)
     n0 = n0 if n0 > eps else torch.ones_like(n0)
     n1 = n1 if n1 > eps else torch.ones_like(n1)
-    divide = torch.div if keep_inputs else torch.Tensor.div_
-    dot = divide(v0, n0).mul_(divide(v1, n1)).sum().clamp(-1, 1)  # ((v0 / n0) * (v1 / n1)).sum()
+    dot = v0.div_(n0).mul_(v1.div_(n1)).sum().clamp(-1, 1)  # ((v0 / n0) * (v1 / n1)).sum(), in place
     del v0, v1
     if dot.abs() > dot_threshold:  # nearly colinear: plain lerp
         return 1 - t, t
