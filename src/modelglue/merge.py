@@ -463,7 +463,8 @@ def merge(recipe: str | Path | dict | Recipe, out_dir: str | Path, *, device: st
     """Merge as a recipe says and write a Hugging Face model directory at out_dir.
 
     Everything is validated before any tensor is read; the output is assembled in a
-    hidden sibling directory and renamed into place only when complete.
+    hidden sibling directory and renamed into place only when complete. On the CPU this
+    sets glibc's malloc thresholds for the rest of the process (io.keep_freed_memory).
     """
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     out_dir = Path(out_dir)

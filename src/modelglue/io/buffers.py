@@ -3,10 +3,10 @@
 A merge reads the same few tensor sizes hundreds of times. Each fresh buffer of more
 than glibc's mmap threshold is new pages from the kernel: a page fault and a zeroed
 page every 4 KB before the read can copy a byte into it, then unmapped again when the
-tensor dies. For model_stock at 0.5B that was 1.5 million faults, a third of its CPU
-time. `BufferPool` keeps read buffers and hands one out again once nothing refers to
-it any more; `keep_freed_memory` asks glibc to do the same for the arithmetic's
-temporaries.
+tensor dies. `BufferPool` keeps read buffers and hands one out again once nothing
+refers to it any more; `keep_freed_memory` asks glibc to do the same for the
+arithmetic's temporaries. Together they took model_stock at 0.5B from 1.7 million page
+faults to 0.5 million, and from 7.2 s to 6.0 s (BENCHMARKS.md).
 """
 from __future__ import annotations
 
