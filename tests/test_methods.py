@@ -238,6 +238,30 @@ def test_sort_prefix_ties_declines_what_it_cannot_follow():
     assert introsort.sort_prefix_ties(with_nan, 20, 2.0, False) is None
     assert introsort.sort_prefix_ties(torch.ones(40, dtype=torch.float64), 20, 1.0, False) is None
     assert introsort.follows_torch_sort()
+    copy = few_levels.clone()  # refusals found up front leave the values as they were
+    assert not introsort.followable(copy, 1.0) and torch.equal(copy, few_levels)
+    assert introsort.followable(torch.randn(1000), 0.5)
+
+
+def test_many_ties_are_sorted_without_reading_the_task_vector_again():
+    """Too many ties to follow (as in bfloat16 task vectors: 1,395 distinct magnitudes in
+    a 136M-entry lm_head, n/14.5 of them at the cut) is known before the magnitudes are
+    touched: they are sorted as they are, not read again (which cost a second float32
+    copy of the tensor per task vector)."""
+    from modelglue.methods.task_vectors import prepare_keep
+
+    g = torch.Generator().manual_seed(13)
+    d = (torch.randn(20_000, generator=g) * 2).round() * 0.01  # a dozen magnitudes
+    reads = []
+
+    def read(a, b):
+        reads.append((a, b))
+        return d[a:b]
+
+    keep = prepare_keep(read, d.numel(), d.dtype, "magnitude", 0.5, None)
+    assert keep.explicit is not None  # sorted
+    assert reads == [(0, d.numel())]  # one pass of reading, not two
+    assert torch.equal(keep.apply(d, 0), _mergekit_magnitude(d, 0.5))
 
 
 def _mergekit_magnitude(d: torch.Tensor, density: float) -> torch.Tensor:

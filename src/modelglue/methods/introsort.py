@@ -25,7 +25,11 @@ BLOCK = STEP << 3  # entries per vectorised pass (a multiple of STEP). Small tem
 # two threads preparing at once keep glibc arenas of the sizes they free (4M-entry blocks
 # cost 0.65 GB more peak RSS on the 0.5B TIES benchmark, for no speed)
 THRESHOLD = 16  # libstdc++'s _S_threshold: runs this short are left to the insertion sort
-MAX_TIED = 16  # follow at most n / MAX_TIED equal values (their positions are tracked)
+# Follow at most n / MAX_TIED equal values (their positions are tracked); beyond, sorting
+# is faster. Tensors of more than BIG entries follow up to n / MAX_TIED_BIG: there the
+# sort's 16 bytes an entry outweigh its speed (following takes 7 at the n / 14.5 ties of a
+# bfloat16 lm_head's task vector, 11 at n / 8; 7.1 s against the sort's 5.9 s).
+MAX_TIED, MAX_TIED_BIG, BIG = 16, 8, 1 << 25
 
 
 def _stop_left(x: torch.Tensor, pivot: float, descending: bool) -> torch.Tensor:
@@ -137,58 +141,71 @@ def sort_prefix_ties(values: torch.Tensor, p: int, value: float,
     whether each ends before p. Overwrites `values` (a flat float32 CPU tensor). None where
     the emulation does not apply (another device or dtype, NaN, a torch whose sort it does
     not follow, so many equal values that tracking them costs more than a sort, or a run
-    deep enough for std::sort to switch to heapsort): then sort."""
-    if values.device.type != "cpu" or values.dtype != torch.float32 or not follows_torch_sort():
+    deep enough for std::sort to switch to heapsort): then sort. Only the last of these
+    is found after `values` has been overwritten; `followable` tells the others first."""
+    if not followable(values, value):
         return None
     return _follow(values, p, value, descending)
+
+
+def followable(values: torch.Tensor, value: float) -> bool:
+    """Whether sort_prefix_ties applies to `values` cut at `value`, as far as can be told
+    without following: CPU float32, no NaN, fewer than 2^31 entries, at most n / MAX_TIED
+    of them equal to `value` (n / MAX_TIED_BIG beyond BIG entries), and a torch whose
+    sort the emulation follows."""
+    n = values.numel()
+    most_tied = max(THRESHOLD, n // (MAX_TIED_BIG if n > BIG else MAX_TIED))
+    return (values.device.type == "cpu" and values.dtype == torch.float32 and n < 2**31
+            and int(torch.count_nonzero(values == value)) <= most_tied
+            and not bool(values.isnan().any()) and follows_torch_sort())
 
 
 def _follow(values: torch.Tensor, p: int, value: float,
             descending: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
     n = values.numel()
     tied = (values == value).nonzero().flatten()
-    if n >= 2**31 or len(tied) > max(THRESHOLD, n // MAX_TIED) or bool(values.isnan().any()):
-        return None
-    position = tied.clone()  # where each tied entry is now
-    open_ = torch.ones(len(tied), dtype=torch.bool)  # still inside the run that holds p
     before = torch.zeros(len(tied), dtype=torch.bool)
+    # Only the tied entries still inside the run that holds p are followed (`live`: their
+    # indices into `tied`, `at`: where each is now); the others are settled. Each level
+    # costs the live ones only, which shrink with the run: about 2 T in all, not T a level.
+    live = torch.arange(len(tied), dtype=torch.int32)
+    at = tied.to(torch.int32)
     first, last, depth = 0, n, depth_limit(n)
-    while last - first > THRESHOLD and bool(open_.any()):
+    while last - first > THRESHOLD and len(live):
         if depth == 0:
             return None  # std::sort would heapsort this run
         depth -= 1
         m = _median_to_first(values, first, last, descending)
         values[first], values[m] = float(values[m]), float(values[first])
-        position = torch.where(position == first, m, torch.where(position == m, first, position))
+        at = torch.where(at == first, m, torch.where(at == m, first, at)).to(torch.int32)
         pivot = float(values[first])
         cut, left_pos, right_pos = _partition(values, first + 1, last, pivot, descending)
         if len(left_pos):  # tied entries among the swapped ones move to their partners
-            pos32 = position.to(torch.int32)
-            i = torch.searchsorted(left_pos, pos32).clamp(max=len(left_pos) - 1)
+            i = torch.searchsorted(left_pos, at).clamp(max=len(left_pos) - 1)
             right_up = right_pos.flip(0)
-            k = torch.searchsorted(right_up, pos32).clamp(max=len(right_up) - 1)
-            moved = torch.where(left_pos[i] == pos32, right_pos[i],
-                                torch.where(right_up[k] == pos32, left_pos[len(left_pos) - 1 - k], pos32))
-            position = torch.where(open_, moved.long(), position)
+            k = torch.searchsorted(right_up, at).clamp(max=len(right_up) - 1)
+            at = torch.where(left_pos[i] == at, right_pos[i],
+                             torch.where(right_up[k] == at, left_pos[len(left_pos) - 1 - k], at))
         # Settle the tied entries that leave the run holding p: everything left of the cut
         # ends before p when p lies on or right of the cut, everything right of it after.
+        left_of_cut = at < cut
         if p >= cut:
-            before |= open_ & (position < cut)
-        open_ &= (position < cut) if p < cut else (position >= cut)
+            before[live[left_of_cut]] = True
         if p == cut:
-            open_[:] = False
+            live = live[:0]
             break
+        stay = left_of_cut if p < cut else ~left_of_cut
+        live, at = live[stay], at[stay]
         if p < cut:  # follow the left run: only its side of the swaps matters
             values[left_pos] = values[right_pos]
             last = cut
         else:
             values[right_pos] = values[left_pos]
             first = cut
-    if bool(open_.any()):  # the insertion sort keeps equal values in their current order
+    if len(live):  # the insertion sort keeps equal values in their current order
         run = values[first:last]
         ahead = int(torch.count_nonzero(run > value if descending else run < value))
-        waiting = open_.nonzero().flatten()
-        ranked = waiting[position[waiting].argsort()]
+        ranked = live[at.argsort()]
         before[ranked[:max(0, p - first - ahead)]] = True
     return tied, before
 

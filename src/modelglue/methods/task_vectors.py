@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from modelglue.methods.introsort import sort_prefix_ties
+from modelglue.methods.introsort import followable, sort_prefix_ties
 
 PREPARE_BYTES = 5 << 29  # memory for task vectors prepared at once (about 8 bytes an entry, see prepare_keeps)
 RADIX_BLOCK = 1 << 19  # entries per bincount in the radix select and per read of |d|: bounds
@@ -246,10 +246,12 @@ def _in_sort_order(keep: Keep, mags: torch.Tensor, lo: int, hi: int, *, descendi
             if cut is not None and cut.ambiguous and cut.value != 0]  # a zero is zero, kept or not
     resolved = {}
     for count, (name, cut, p) in enumerate(cuts):
+        if not followable(mags, cut.value):  # mags is still intact: sort it as it is
+            return _sorted_keep(mags, lo, hi, descending=descending, keep_mags=keep_mags)
         in_place = not keep_mags and count == len(cuts) - 1
         followed = sort_prefix_ties(mags if in_place else mags.clone(), mags.numel() - p if descending else p,
                                     cut.value, descending)
-        if followed is None:
+        if followed is None:  # given up midway (a run deep enough for heapsort)
             return _sorted_keep(measure_again() if in_place else mags, lo, hi, descending=descending,
                                 keep_mags=keep_mags)
         tied, before = followed  # descending: before p = kept, i.e. not below the cut
