@@ -306,6 +306,28 @@ def test_ties_and_breadcrumbs_keep_mergekits_tied_entries(monkeypatch, grid):
         assert keep.explicit is None and keep.low.tied_below is not None
 
 
+@pytest.mark.parametrize("big", [True, False])
+def test_big_tensors_follow_heavy_ties_small_ones_sort(monkeypatch, big):
+    """Between n/16 and n/8 tied entries at the cut, a big tensor is followed (a sort
+    would take 16 bytes an entry) and a small one sorted (faster); both keep exactly
+    mergekit's entries."""
+    from modelglue.methods import introsort
+    from modelglue.methods.task_vectors import prepare_keep
+
+    monkeypatch.setattr(introsort, "BIG", 1000 if big else 10**9)
+    monkeypatch.setattr(introsort, "STEP", 256)
+    monkeypatch.setattr(introsort, "BLOCK", 4096)
+    g = torch.Generator().manual_seed(14)
+    d = (torch.randn(60_000, generator=g) * 6).round() * 0.01  # ~n/9 entries at the median magnitude
+    flat = d.reshape(-1)
+    mags = flat.abs().sort(descending=True).values
+    tied = int((flat.abs() == mags[30_000]).sum())
+    assert flat.numel() // 16 < tied <= flat.numel() // 8
+    keep = prepare_keep(lambda a, b: flat[a:b], flat.numel(), flat.dtype, "magnitude", 0.5, None)
+    assert (keep.explicit is None) == big  # followed, or sorted
+    assert torch.equal(keep.apply(flat, 0), _mergekit_magnitude(d, 0.5))
+
+
 def test_ties_sorts_from_fresh_magnitudes_when_the_emulation_gives_up(monkeypatch):
     """If following the sort fails midway (a run deep enough for std::sort's heapsort,
     forced here by a tiny partition budget), the magnitudes it has already rearranged
