@@ -351,3 +351,28 @@ def test_small_prepared_tensors_are_read_once(zoo, tmp_path, monkeypatch, method
         assert mapped == []
         whole_reads = [r for r in reads["get_part"] if (r[1], r[2]) == (0, chunked.get(r[0].partition(":")[2]))]
         assert len(whole_reads) == per_tensor * len(chunked) < len(copied)
+
+
+@pytest.mark.parametrize("method,dtype,one_thread", [("dare_ties", "float32", True), ("dare_ties", "bfloat16", False),
+                                                     ("linear", "bfloat16", True), ("model_stock", "float32", False)])
+def test_merge_picks_torch_threads_by_method_and_dtype(zoo, tmp_path, monkeypatch, method, dtype, one_thread):
+    """Streamed chunks run on one torch thread, except where the chunk's arithmetic is
+    heavy enough for more (task-vector methods in 16 bits) or the sums must split like
+    mergekit's (model_stock, slerp); the caller's setting is restored afterwards."""
+    engine = sys.modules["modelglue.merge"]
+    a, b, c = zoo["llama"]
+    recipe = {"merge_method": method, "base_model": str(a), "dtype": dtype,
+              "models": [{"model": str(m), "parameters": {"weight": 0.5, "density": 0.5}} for m in (b, c)]}
+    if method == "linear":
+        del recipe["base_model"]
+    if method == "model_stock":
+        recipe["models"] = [{"model": str(m)} for m in (b, c)]
+    seen, original = [], engine.execute
+    monkeypatch.setattr(engine, "execute", lambda *args, **kw: seen.append(torch.get_num_threads()) or original(*args, **kw))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        merge(recipe, tmp_path / "out")
+        assert (seen == [1]) == one_thread and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
