@@ -181,11 +181,17 @@ def _follow(values: torch.Tensor, p: int, value: float,
         pivot = float(values[first])
         cut, left_pos, right_pos = _partition(values, first + 1, last, pivot, descending)
         if len(left_pos):  # tied entries among the swapped ones move to their partners
-            i = torch.searchsorted(left_pos, at).clamp(max=len(left_pos) - 1)
-            right_up = right_pos.flip(0)
-            k = torch.searchsorted(right_up, at).clamp(max=len(right_up) - 1)
-            at = torch.where(left_pos[i] == at, right_pos[i],
-                             torch.where(right_up[k] == at, left_pos[len(left_pos) - 1 - k], at))
+            # All tied entries are equal, so they are left stops for this pivot or not (and
+            # right stops or not): look each up only among the swaps its value can be in.
+            moved = at
+            if bool(_stop_left(torch.tensor(value), pivot, descending)):
+                i = torch.searchsorted(left_pos, at).clamp(max=len(left_pos) - 1)
+                moved = torch.where(left_pos[i] == at, right_pos[i], moved)
+            if bool(_stop_right(torch.tensor(value), pivot, descending)):
+                right_up = right_pos.flip(0)
+                k = torch.searchsorted(right_up, at).clamp(max=len(right_up) - 1)
+                moved = torch.where(right_up[k] == at, left_pos[len(left_pos) - 1 - k], moved)
+            at = moved
         # Settle the tied entries that leave the run holding p: everything left of the cut
         # ends before p when p lies on or right of the cut, everything right of it after.
         left_of_cut = at < cut
