@@ -303,6 +303,11 @@ def prepare_state(plan: Plan, task: TensorTask, source: Any, device: str = "cpu"
     return state, [whole.get(i) for i in range(len(task.inputs))] if keep_inputs else None
 
 
+def _inputs_bytes(task: TensorTask) -> int:
+    """What a tensor's inputs take, as float32 (the usual working dtype)."""
+    return math.prod(task.shape) * len(task.inputs) * 4
+
+
 def execute(plan: Plan, source: TensorSource, sink: Callable[[TensorTask, torch.Tensor], None], *,
             device: str = "cpu", prefetch: int = 2, progress: bool = False, desc: str = "merging",
             chunk_elems: int | None = None) -> None:
@@ -329,7 +334,7 @@ def execute(plan: Plan, source: TensorSource, sink: Callable[[TensorTask, torch.
             work += [(task, (a, min(n, a + chunk_elems))) for a in range(0, n, chunk_elems)]
             if plan.method.prepare is not None:
                 prepared_tasks.append(task)
-                if plan.method.prepare_keeps_inputs and n * len(task.inputs) * 4 <= KEEP_INPUTS_BYTES:
+                if plan.method.prepare_keeps_inputs and _inputs_bytes(task) <= KEEP_INPUTS_BYTES:
                     kept.add(task.name)
         else:
             work.append((task, None))
@@ -344,7 +349,7 @@ def execute(plan: Plan, source: TensorSource, sink: Callable[[TensorTask, torch.
         small = 0
         for ahead, t in enumerate(prepared_tasks[k:k + 1 + PREPARE_AHEAD]):
             if ahead > 1:
-                small += math.prod(t.shape) * len(t.inputs) * 4
+                small += _inputs_bytes(t)
                 if small > PREPARE_AHEAD_BYTES:
                     break
             if t.name not in states:

@@ -142,10 +142,11 @@ def sort_prefix_ties(values: torch.Tensor, p: int, value: float,
     the emulation does not apply (another device or dtype, NaN, a torch whose sort it does
     not follow, so many equal values that tracking them costs more than a sort, or a run
     deep enough for std::sort to switch to heapsort): then sort. Only the last of these
-    is found after `values` has been overwritten; `followable` tells the others first."""
+    is found after `values` has been overwritten; `followable` tells the others first,
+    and `follow` is this function for callers that have asked it."""
     if not followable(values, value):
         return None
-    return _follow(values, p, value, descending)
+    return follow(values, p, value, descending)
 
 
 def followable(values: torch.Tensor, value: float) -> bool:
@@ -160,8 +161,10 @@ def followable(values: torch.Tensor, value: float) -> bool:
             and not bool(values.isnan().any()) and follows_torch_sort())
 
 
-def _follow(values: torch.Tensor, p: int, value: float,
-            descending: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+def follow(values: torch.Tensor, p: int, value: float,
+           descending: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """sort_prefix_ties where `followable(values, value)` holds: None only when the run
+    gets deep enough for heapsort (values are then partly rearranged)."""
     n = values.numel()
     tied = (values == value).nonzero().flatten()
     before = torch.zeros(len(tied), dtype=torch.bool)
@@ -229,7 +232,7 @@ def follows_torch_sort() -> bool:
             value = float(sorted_values[p])
             if float(sorted_values[p - 1]) != value:
                 continue
-            followed = _follow(probe.clone(), p, value, descending)
+            followed = follow(probe.clone(), p, value, descending)
             expected = order[:p][sorted_values[:p] == value].sort().values
             if followed is None or not torch.equal(followed[0][followed[1]], expected):
                 return False

@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from modelglue.methods.introsort import followable, sort_prefix_ties
+from modelglue.methods.introsort import follow, followable
 
 PREPARE_BYTES = 5 << 29  # memory for task vectors prepared at once (about 8 bytes an entry, see prepare_keeps)
 RADIX_BLOCK = 1 << 19  # entries per bincount in the radix select and per read of |d|: bounds
@@ -239,9 +239,9 @@ def _in_sort_order(keep: Keep, mags: torch.Tensor, lo: int, hi: int, *, descendi
                    measure_again: Callable[[], torch.Tensor]) -> Keep:
     """`keep` with each ambiguous cut resolved as mergekit's sort resolves it: TIES keeps
     the first n - lo entries of a descending argsort, breadcrumbs [lo, hi) of an ascending
-    sort. introsort.sort_prefix_ties finds where the sort puts the tied entries without
-    sorting, overwriting mags unless `keep_mags`; where it cannot, sort the magnitudes
-    (measured again if they were overwritten)."""
+    sort. introsort.follow finds where the sort puts the tied entries without sorting,
+    overwriting mags unless `keep_mags`; where it cannot, sort the magnitudes (measured
+    again if they were overwritten)."""
     cuts = [(name, cut, p) for name, cut, p in (("low", keep.low, lo), ("high", keep.high, hi))
             if cut is not None and cut.ambiguous and cut.value != 0]  # a zero is zero, kept or not
     resolved = {}
@@ -249,8 +249,8 @@ def _in_sort_order(keep: Keep, mags: torch.Tensor, lo: int, hi: int, *, descendi
         if not followable(mags, cut.value):  # mags is still intact: sort it as it is
             return _sorted_keep(mags, lo, hi, descending=descending, keep_mags=keep_mags)
         in_place = not keep_mags and count == len(cuts) - 1
-        followed = sort_prefix_ties(mags if in_place else mags.clone(), mags.numel() - p if descending else p,
-                                    cut.value, descending)
+        followed = follow(mags if in_place else mags.clone(), mags.numel() - p if descending else p,
+                          cut.value, descending)
         if followed is None:  # given up midway (a run deep enough for heapsort)
             return _sorted_keep(measure_again() if in_place else mags, lo, hi, descending=descending,
                                 keep_mags=keep_mags)
@@ -261,7 +261,7 @@ def _in_sort_order(keep: Keep, mags: torch.Tensor, lo: int, hi: int, *, descendi
 
 def _sorted_keep(mags: torch.Tensor, lo: int, hi: int, *, descending: bool, keep_mags: bool) -> Keep:
     """The keep rule read off a full sort of mags, as mergekit ranks: the fallback of
-    _in_sort_order (12 bytes an entry; single-threaded on CPU)."""
+    _in_sort_order (about 17 bytes an entry beside mags; single-threaded on CPU)."""
     n = mags.numel()
     keep = Keep(explicit=torch.zeros(n, dtype=torch.bool, device=mags.device))
     values = mags.clone() if keep_mags else mags
@@ -284,8 +284,9 @@ def prepare_keeps(read: Callable[[int, int, int], torch.Tensor], n: int, dtype: 
                               gamma=gamma[i] if gamma else 0.01, tie_order=tie_order, seed=seeds[i] if seeds else None)
             for i in range(len(density))]
     # Task vectors are independent and torch releases the GIL: prepare several at once, as
-    # many as cores and PREPARE_BYTES allow. One takes 4 bytes an entry for |d| and up to
-    # 4 more to follow the sort at an ambiguous cut (12 if it has to sort).
+    # many as cores and PREPARE_BYTES allow. One takes 4 bytes an entry for |d| and about
+    # 4 more to follow the sort at an ambiguous cut (up to 11 through many ties, 17 if it
+    # has to sort: benchmarks/introsort_bench.py).
     workers = min(len(jobs), os.cpu_count() or 1, max(1, PREPARE_BYTES // (8 * max(1, n))))
     if workers <= 1:
         return [job() for job in jobs]
