@@ -27,8 +27,9 @@ BLOCK = STEP << 3  # entries per vectorised pass (a multiple of STEP). Small tem
 THRESHOLD = 16  # libstdc++'s _S_threshold: runs this short are left to the insertion sort
 # Follow at most n / MAX_TIED equal values (their positions are tracked); beyond, sorting
 # is faster. Tensors of more than BIG entries follow up to n / MAX_TIED_BIG: there the
-# sort's 16 bytes an entry outweigh its speed (following takes 7 at the n / 14.5 ties of a
-# bfloat16 lm_head's task vector, 11 at n / 8; 7.1 s against the sort's 5.9 s).
+# sort's 16 bytes an entry outweigh its speed (benchmarks/introsort_bench.py, 136M
+# entries, two threads: following takes 8.2 bytes an entry and 4.8 s at the n / 14.5 ties
+# of a bfloat16 task vector, 9.6 and 7.2 s at n / 9; the sort 16 and 5.5 / 4.8 s).
 MAX_TIED, MAX_TIED_BIG, BIG = 16, 8, 1 << 25
 
 

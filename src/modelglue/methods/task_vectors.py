@@ -285,7 +285,7 @@ def prepare_keeps(read: Callable[[int, int, int], torch.Tensor], n: int, dtype: 
             for i in range(len(density))]
     # Task vectors are independent and torch releases the GIL: prepare several at once, as
     # many as cores and PREPARE_BYTES allow. One takes 4 bytes an entry for |d| and about
-    # 4 more to follow the sort at an ambiguous cut (up to 11 through many ties, 17 if it
+    # 4 more to follow the sort at an ambiguous cut (up to 10 through many ties, 17 if it
     # has to sort: benchmarks/introsort_bench.py).
     workers = min(len(jobs), os.cpu_count() or 1, max(1, PREPARE_BYTES // (8 * max(1, n))))
     if workers <= 1:
