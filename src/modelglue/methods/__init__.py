@@ -29,6 +29,9 @@ class Param:
     default: Any = REQUIRED
     low: float | None = None  # inclusive range, checked when the recipe is validated
     high: float | None = None
+    # The box the search explores for this parameter (None: not searched). Declared by the
+    # method, so the search asks the registry instead of naming methods.
+    search: tuple[float, float] | None = None
 
     def check(self, value: Any, where: str) -> Any:
         """Validate one resolved value; returns it converted, or raises a one-line error."""
@@ -85,6 +88,12 @@ class MergeMethod:
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
+
+    @property
+    def searchable(self) -> bool:
+        """Whether the search can tune this method: it has a searched per-model weight."""
+        p = self.param("weight")
+        return p is not None and p.search is not None
 
     def _kwargs(self, base_index: int | None, shared: dict[str, Any], per_input: list[dict[str, Any]],
                 seeds: list[int] | None) -> dict[str, Any]:
@@ -158,7 +167,7 @@ UNIT = dict(low=0.0, high=1.0)
 
 register(MergeMethod(
     "linear", linear,
-    (Param("weight", float, "input"), Param("normalize", bool, default=True)), elementwise=True,
+    (Param("weight", float, "input", search=(0.0, 1.0)), Param("normalize", bool, default=True)), elementwise=True,
     description="Weighted average of the models (model soup).", reference="https://arxiv.org/abs/2203.05482"))
 
 register(MergeMethod(
@@ -180,14 +189,18 @@ register(MergeMethod(
 
 def _task_vector_method(name: str, sparsify: str | None, consensus: str | None, normalize: bool,
                         rescale: bool, description: str, reference: str) -> MergeMethod:
+    # Search boxes: a method that normalises by the sum of weights only sees their ratios,
+    # so its scale is lambda; otherwise the weights carry the scale themselves. Fine-tuned
+    # skills often need (near) full weight on their task vector, hence the upper ends > 1.
     params = [
-        Param("weight", float, "non_base"),
-        Param("density", float, "non_base", default=1.0, **UNIT),
+        Param("weight", float, "non_base", search=(0.0, 1.0) if normalize else (0.0, 1.5)),
+        # below ~0.1 ties/dare keep too little of a task vector to matter
+        Param("density", float, "non_base", default=1.0, **UNIT, search=(0.1, 1.0) if sparsify else None),
         Param("normalize", bool, default=normalize),
         Param("rescale", bool, default=rescale),
         # The DARE paper rescales kept entries by 1/density; mergekit matches the L1 norm.
         Param("rescale_mode", str, default="l1"),
-        Param("lambda", float, default=1.0),
+        Param("lambda", float, default=1.0, search=(0.5, 2.0) if normalize else None),
         Param("int8_mask", bool, default=False),  # accepted for mergekit recipes; no effect here
     ]
     if sparsify in ("magnitude", "magnitude_outliers"):
@@ -250,4 +263,9 @@ for _args in (
     register(_task_vector_method(*_args))
 del _args
 
-__all__ = ["MergeMethod", "Param", "REGISTRY", "get_method", "register"]
+def searchable_methods() -> list[str]:
+    """Methods the search can tune (those declaring a searched weight), in registry order."""
+    return [name for name, m in REGISTRY.items() if m.searchable]
+
+
+__all__ = ["MergeMethod", "Param", "REGISTRY", "get_method", "register", "searchable_methods"]
