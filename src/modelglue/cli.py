@@ -217,26 +217,32 @@ def _parse_task_weights(text: str | None) -> dict[str, float] | None:
               type=click.Choice(["uniform", "heuristic-average", "heuristic-coefficient", "heuristic-similarity",
                                  "cmaes", "pareto"]))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory.")
-@click.option("--budget", type=int, default=None, help="Distinct candidates to score (default per strategy).")
+@click.option("--budget", type=float, default=None,
+              help="Full-validation evaluations to spend (a candidate screened on a quarter of the examples costs 0.25; "
+                   "default per strategy).")
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--ray-address", default=None, help="Ray cluster to join (default: start a local one).")
 @click.option("--workers", type=int, default=2, show_default=True, help="Ray scoring workers (1 CPU each).")
 @click.option("--resume", is_flag=True, help="Continue the search journaled in --out; nothing is scored twice.")
-@click.option("--method", default="linear", show_default=True, help="Merge method (linear, ties, dare_ties, ...).")
+@click.option("--method", default="auto", show_default=True, help="Merge method, or auto: choose among linear, task_arithmetic, ties, dare_ties, breadcrumbs_ties, della by validation score.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the search (and of dare merges).")
 @click.option("--limit", type=int, default=None, help="First N examples of each task.")
 @click.option("--save-model", is_flag=True, help="Also write the best merge to OUT/model.")
 @click.option("--task-weights", default=None, help="Fitness weights, e.g. add=2,rev=1 (default: mean).")
 @click.option("--layer-groups", type=int, default=1, show_default=True,
               help="Weights per model: one per group of layers, interpolated across depth.")
-@click.option("--search-density", is_flag=True, help="Also search per-model densities (ties/dare methods).")
+@click.option("--search-density/--no-search-density", default=None,
+              help="Search per-model densities (default: for the methods that sparsify: ties, dare, della, ...).")
 @click.option("--precision", type=int, default=2, show_default=True,
               help="Decimals of coefficients; equal after rounding = the same candidate.")
 @click.option("--popsize", type=int, default=None, help="CMA-ES population (default 4 + 3 ln dim).")
 @click.option("--sigma", type=float, default=None, help="CMA-ES initial step size (default 0.3).")
-@click.option("--init", type=click.Choice(["uniform", "best-single", "heuristic"]), default="uniform",
-              show_default=True, help="CMA-ES start: the uniform merge, near the best single model, or "
-                                      "after a heuristic-average run (warm start).")
+@click.option("--init", type=click.Choice(["screen", "uniform", "best-single", "heuristic"]), default="screen",
+              show_default=True, help="CMA-ES starts: screen structured and random starts of every method on "
+                                      "validation subsets, the uniform merge, near the best single model, or "
+                                      "after a heuristic-average run.")
+@click.option("--no-multi-fidelity", is_flag=True,
+              help="Score every candidate on the whole validation split (no screening on subsets).")
 @click.option("--grid", default=None, help="heuristic-coefficient grid, e.g. 0.1,0.3,0.5,0.7,0.9.")
 @click.option("--similarity-order", type=click.Choice(["descending", "ascending"]), default="descending",
               show_default=True, help="heuristic-similarity: most or least similar model first.")
@@ -248,8 +254,9 @@ def _parse_task_weights(text: str | None) -> dict[str, float] | None:
 def search_cmd(models_flag: bool, model_dirs: tuple[Path, ...], base: Path | None, tasks: str, strategy: str,
                out_dir: Path, budget: int | None, backend: str, ray_address: str | None, workers: int, resume: bool,
                method: str, seed: int, limit: int | None, save_model: bool, task_weights: str | None,
-               layer_groups: int, search_density: bool, precision: int, popsize: int | None, sigma: float | None,
-               init: str, grid: str | None, similarity_order: str, pareto_points: int, no_baselines: bool,
+               layer_groups: int, search_density: bool | None, precision: int, popsize: int | None, sigma: float | None,
+               init: str, no_multi_fidelity: bool, grid: str | None, similarity_order: str, pareto_points: int,
+               no_baselines: bool,
                device: str, threads: int, quiet: bool) -> None:
     """Search merge coefficients of --models DIR... on the validation split of --tasks;
     report the best merge (and, for pareto, the front) on the test split."""
@@ -268,7 +275,8 @@ def search_cmd(models_flag: bool, model_dirs: tuple[Path, ...], base: Path | Non
                        budget=budget, backend=backend, ray_address=ray_address, workers=workers, resume=resume,
                        seed=seed, limit=limit, save_model=save_model, task_weights=_parse_task_weights(task_weights),
                        layer_groups=layer_groups, search_density=search_density, precision=precision,
-                       popsize=popsize, sigma=sigma, init=init, grid=grid_values, similarity_order=similarity_order,
+                       popsize=popsize, sigma=sigma, init=init, multi_fidelity=not no_multi_fidelity,
+                       grid=grid_values, similarity_order=similarity_order,
                        pareto_points=pareto_points, baselines=not no_baselines, device=device,
                        threads=threads or None, progress=not quiet)
     result = run_search(cfg)

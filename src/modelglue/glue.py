@@ -2,10 +2,14 @@
 
     analyze  -> compatibility groups and mergeable clusters            (modelglue.zoo)
     singles  -> every model scored on validation and test               (modelglue.evaluate)
-    merge    -> per cluster: search strategies within the budget, keep the best
-                on the validation mean, write the merged model          (modelglue.search, merge)
+    merge    -> per cluster: search strategies (and, with method auto, merge methods)
+                within the budget, keep the best on the validation mean (never below
+                the cluster's best member), write the merged model      (modelglue.search, merge)
     mix      -> a model-level mixture of the cluster models that win at least one
                 task, with the router that scores best on validation    (modelglue.mixture)
+    ablate   -> each cluster merge vs its best member, and the same mixture built from
+                each cluster's best member: what merging adds on top of routing
+    pareto   -> the largest cluster's front on the two tasks its members trade off most
     report   -> test-split table against the baselines, plots, report.md/html, results.json
 
 Every step writes its outputs atomically under --out and is reused on a rerun: analysis
@@ -28,7 +32,7 @@ from modelglue.errors import ModelGlueError
 
 CONFIG_KEYS = {
     "models", "tasks", "budget", "limit", "test_limit", "strategies", "method", "routers", "threshold",
-    "cluster_method", "seed", "base", "baselines", "layer_groups",
+    "cluster_method", "seed", "base", "baselines", "layer_groups", "pareto",
 }
 
 
@@ -37,11 +41,11 @@ class GlueConfig:
     models: list[Path]
     tasks: list[str]
     out_dir: Path
-    budget: int = 24  # scored candidates per search, per cluster
+    budget: int = 24  # full-validation evaluations per search, per cluster
     limit: int | None = 100  # validation examples per task (search and selection)
     test_limit: int | None = None  # test examples per task (reporting)
     strategies: list[str] = field(default_factory=lambda: ["heuristic-average", "cmaes"])
-    method: str = "linear"
+    method: str = "auto"  # auto: choose among linear, task_arithmetic, ties, dare_ties, ... per cluster
     routers: list[str] = field(default_factory=lambda: ["hidden", "trained"])
     threshold: float = 0.95
     cluster_method: str = "hierarchical"
@@ -49,6 +53,7 @@ class GlueConfig:
     base: Path | None = None
     baselines: bool = True  # also build the merge-everything and FFN-MoE baselines
     layer_groups: int = 1
+    pareto: bool = True  # a Pareto front of the largest cluster on its two most trading-off tasks
 
 
 def load_glue_config(path: str | Path, out_dir: str | Path, **overrides: Any) -> GlueConfig:
@@ -107,7 +112,8 @@ def _check_config(cfg: GlueConfig, where: str) -> None:
     for s in cfg.strategies:
         if s not in STRATEGIES:
             raise ModelGlueError(f"{where}: unknown strategy {s!r} (known: {', '.join(sorted(STRATEGIES))})")
-    get_method(cfg.method)
+    if cfg.method != "auto":
+        get_method(cfg.method)
     for r in cfg.routers:
         if r not in ("hidden", "embed", "trained", "random"):
             raise ModelGlueError(f"{where}: unknown router {r!r} (known: hidden, embed, trained, random)")
@@ -129,6 +135,7 @@ class Entry:
     validation: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    router: str = ""  # mixtures: the router chosen on validation
 
     @property
     def test_mean(self) -> float:
@@ -182,6 +189,7 @@ def run_glue(cfg: GlueConfig, *, quiet: bool = False) -> dict:
     cluster_entries: list[Entry] = []
     uniform_entries: list[Entry] = []
     searches: list[dict] = []
+    chosen: list[Any] = []  # the search's pick per multi-member cluster
     for k, (members, base) in enumerate(zip(clusters, bases)):
         if len(members) == 1:
             e = by_path[members[0].resolve()]
@@ -191,26 +199,31 @@ def run_glue(cfg: GlueConfig, *, quiet: bool = False) -> dict:
         for strategy in cfg.strategies:
             log(f"cluster {k}: {strategy} over {len(members)} models (budget {cfg.budget})")
             result = _search(members, base, cfg, strategy, out / "clusters" / f"cluster{k}" / f"search-{strategy}")
+            log(f"cluster {k}: {strategy}: {result.verdict}")
             searches.append({"cluster": k, "strategy": strategy, "dir": str(result.out_dir),
                              "validation": result.best.fitness, "scored_now": result.scored_now,
-                             "nonzero_models": result.best.candidate.nonzero()})
+                             "nonzero_models": result.best.candidate.nonzero(), "verdict": result.verdict,
+                             "method": result.best.candidate.method if not result.best.candidate.is_single else None,
+                             "full_evaluations": len(result.history), "subset_evaluations": len(result.screened)})
             if best is None or result.best.fitness > best.best.fitness:
                 best = result
             if "uniform" in result.baselines and not any(u.name == f"uniform{k}" for u in uniform_entries):
                 val, test = result.baselines["uniform"]
                 uniform_entries.append(Entry(f"uniform{k}", "uniform-merge", "", val.scores, test.scores if test else {},
                                              note=f"linear, equal weights over {len(members)} models"))
-        recipe = best.best.candidate.recipe
-        model_dir = _merge_once(recipe, out / "clusters" / f"cluster{k}" / "model", cfg.seed)
-        log(f"cluster {k}: best is {best.config.strategy} (validation {best.best.fitness:.3f}), merged into {model_dir}")
-        cluster_entries.append(Entry(f"cluster{k}", "cluster-merge", str(model_dir), score(model_dir, "validation"),
-                                     score(model_dir, "test"), note=f"{best.config.strategy}, {cfg.method}, "
-                                     f"{best.best.candidate.nonzero()} of {len(members)} models"))
+        cluster_entries.append(_cluster_model(k, members, best, by_path, cfg, out, score, log))
+        chosen.append(best.best.candidate)
 
     # 4. the mixture of cluster models, with the best router on validation
     final = _mix_clusters(cluster_entries, cfg, out, score, log)
+    _link_final(Path(final.path), out / "final")
 
-    # 5. baselines that need building
+    # 5. ablations: what merging added on top of routing
+    best_members = [_best_member(c, by_path) for c in clusters]
+    ablation = _ablation(clusters, cluster_entries, best_members, chosen, final, cfg, out, score, log)
+    pareto = _pareto(clusters, bases, cfg, out, log) if cfg.pareto else None
+
+    # 6. baselines that need building
     extra: list[Entry] = []
     if cfg.baselines:
         extra += _group_baselines(analysis, cfg, out, score, log)
@@ -225,6 +238,8 @@ def run_glue(cfg: GlueConfig, *, quiet: bool = False) -> dict:
         "cluster_bases": [str(b) for b in bases],
         "groups": [[analysis.paths[i] for i in g] for g in analysis.groups],
         "searches": searches,
+        "ablation": ablation,
+        "pareto": pareto,
         "entries": [{**asdict(e), "test_mean": e.test_mean, "validation_mean": e.validation_mean} for e in entries],
         "best_single": {"name": best_single.name, "test_mean": best_single.test_mean},
         "final": {"name": final.name, "path": final.path, "test_mean": final.test_mean,
@@ -273,7 +288,10 @@ def _router_examples(experts: list[Entry], tasks: list[str], limit: int | None) 
     return rows
 
 
-def _mix_clusters(cluster_entries: list[Entry], cfg: GlueConfig, out: Path, score, log) -> Entry:
+def _mix_clusters(cluster_entries: list[Entry], cfg: GlueConfig, out: Path, score, log, *,
+                  name: str = "model", routers: list[str] | None = None) -> Entry:
+    """The model-level mixture of the entries that win a task, with the router that
+    scores best on validation (out/mixtures/<name>-<router>)."""
     from modelglue.mixture import mix
 
     tasks = list(cluster_entries[0].validation)
@@ -287,21 +305,137 @@ def _mix_clusters(cluster_entries: list[Entry], cfg: GlueConfig, out: Path, scor
     log(f"mixing {len(experts)} cluster models: {', '.join(e.name for e in experts)}")
     data = _router_examples(experts, cfg.tasks, cfg.limit)
     best: Entry | None = None
-    for router in cfg.routers:
-        target = out / "mixtures" / f"model-{router}"
+    for router in routers or cfg.routers:
+        target = out / "mixtures" / f"{name}-{router}"
         if not (target / "config.json").is_file():
             mix("model", [e.path for e in experts], target, router=router, router_data=data, seed=cfg.seed, overwrite=True)
         val = score(target, "validation")
         log(f"router {router}: validation mean {sum(val.values()) / max(1, len(val)):.3f}")
         cand = Entry("model-glue", "model-glue", str(target), val, {}, note=f"model-level mixture of "
-                     f"{' + '.join(e.name for e in experts)}, router {router}")
+                     f"{' + '.join(e.name for e in experts)}, router {router}", router=router)
         if best is None or cand.validation_mean > best.validation_mean:
             best = cand
     assert best is not None
     best.test = score(Path(best.path), "test")
-    final = out / "final"
-    _link_final(Path(best.path), final)
     return best
+
+
+def _best_member(members: list[Path], by_path: dict[Path, Entry]) -> Entry:
+    """The member with the best validation mean (first on ties)."""
+    entries = [by_path[m.resolve()] for m in members]
+    return max(entries, key=lambda e: (e.validation_mean, -entries.index(e)))
+
+
+def _cluster_model(k: int, members: list[Path], best, by_path: dict[Path, Entry], cfg: GlueConfig, out: Path,
+                   score, log) -> Entry:
+    """The cluster's model: the search's best merge, written to disk, unless no merge
+    beat the best member on validation; then the member itself (never a "merge" below it)."""
+    member = _best_member(members, by_path)
+    cand = best.best.candidate
+    if cand.is_single:
+        log(f"cluster {k}: no merge beat the best member {member.name} on validation; keeping it")
+        return Entry(f"cluster{k}", "cluster-merge", member.path, member.validation, member.test,
+                     note=f"best member alone ({member.name}): no merge scored higher on validation")
+    model_dir = _merge_once(cand.recipe, out / "clusters" / f"cluster{k}" / "model", cfg.seed)
+    val = score(model_dir, "validation")
+    if sum(val.values()) / max(1, len(val)) < member.validation_mean:
+        # the written model (in its output dtype) can differ a little from the one scored in memory
+        log(f"cluster {k}: the written merge scores below {member.name} on validation; keeping the member")
+        return Entry(f"cluster{k}", "cluster-merge", member.path, member.validation, member.test,
+                     note=f"best member alone ({member.name}): the written merge scored lower on validation")
+    log(f"cluster {k}: {best.config.strategy} wins (validation {best.best.fitness:.3f} vs best member "
+        f"{member.validation_mean:.3f}): {cand.describe()}; merged into {model_dir}")
+    return Entry(f"cluster{k}", "cluster-merge", str(model_dir), val, score(model_dir, "test"),
+                 note=f"{best.config.strategy}, {cand.method}, {cand.nonzero()} of {len(members)} models: "
+                      f"{cand.describe()}")
+
+
+def _ablation(clusters: list[list[Path]], cluster_entries: list[Entry], best_members: list[Entry], chosen: list,
+              final: Entry, cfg: GlueConfig, out: Path, score, log) -> dict:
+    """Each cluster's model vs its best member (test), the share of non-zero weights of
+    each chosen merge, and the final mixture vs the same mixture of best members."""
+    rows, picks = [], iter(chosen)
+    for k, (members, entry, member) in enumerate(zip(clusters, cluster_entries, best_members)):
+        cand = next(picks) if len(members) > 1 else None
+        merged = cand is not None and not cand.is_single and Path(entry.path) != Path(member.path)
+        nonzero = cand.nonzero() if merged else 1
+        rows.append({"cluster": f"cluster{k}", "members": len(members), "best_member": member.name,
+                     "best_member_test": member.test_mean, "best_member_validation": member.validation_mean,
+                     "cluster_model_test": entry.test_mean, "cluster_model_validation": entry.validation_mean,
+                     "merged": merged, "method": cand.method if merged else None,
+                     "nonzero_models": nonzero, "nonzero_share": nonzero / len(members),
+                     "delta_test": entry.test_mean - member.test_mean})
+    if all(Path(e.path) == Path(m.path) for e, m in zip(cluster_entries, best_members)):
+        singles_mix = final  # no cluster was merged: the two mixtures are the same model
+    else:
+        log("ablation: the same mixture of each cluster's best member")
+        singles_mix = _mix_clusters(best_members, cfg, out, score, log, name="best-members",
+                                    routers=[final.router] if final.router else None)
+    return {"clusters": rows,
+            "mixture": {"of_cluster_models_test": final.test_mean, "of_best_members_test": singles_mix.test_mean,
+                        "merging_adds_test": final.test_mean - singles_mix.test_mean,
+                        "of_best_members_path": singles_mix.path}}
+
+
+def _tradeoff_tasks(members: list[Path], cfg: GlueConfig, score) -> list[str] | None:
+    """The two tasks the members trade off most: the pair (t1, t2) whose specialists
+    differ and where max over members of (score on t1 - score on t2) spreads widest."""
+    vals = [score(m, "validation") for m in members]
+    tasks = list(vals[0])
+    best_pair, spread = None, 0.0
+    for i, a in enumerate(tasks):
+        for b in tasks[i + 1:]:
+            top_a = max(range(len(vals)), key=lambda j: vals[j][a])
+            top_b = max(range(len(vals)), key=lambda j: vals[j][b])
+            if top_a == top_b:
+                continue
+            gap = (vals[top_a][a] - vals[top_b][a]) + (vals[top_b][b] - vals[top_a][b])
+            if gap > spread:
+                best_pair, spread = [a, b], gap
+    return best_pair
+
+
+def _pareto(clusters: list[list[Path]], bases: list[Path], cfg: GlueConfig, out: Path, log) -> dict | None:
+    """A Pareto search over the largest cluster on the two tasks its members trade off most."""
+    from modelglue.evaluate import evaluate_dir
+
+    k = max(range(len(clusters)), key=lambda i: (len(clusters[i]), -i))
+    members = clusters[k]
+    if len(members) < 2:
+        return None
+    score = lambda path, split: _scores(evaluate_dir(path, cfg.tasks, split=split, limit=cfg.limit))  # noqa: E731
+    pair = _tradeoff_tasks(members, cfg, score)
+    if pair is None:
+        log("pareto: no two tasks trade off inside the largest cluster; skipped")
+        return None
+    task_spec = [t for t in _task_specs(cfg.tasks, pair)]
+    log(f"pareto: cluster {k}, tasks {pair[0]} vs {pair[1]} (budget {cfg.budget})")
+    from modelglue.search import search
+
+    res = search([str(m) for m in members], task_spec, out / "clusters" / f"cluster{k}" / "pareto", strategy="pareto",
+                 base=str(bases[k]), method=cfg.method, budget=cfg.budget, resume=True, seed=cfg.seed,
+                 limit=cfg.limit, progress=False)
+    return {"cluster": f"cluster{k}", "tasks": pair, "dir": str(res.out_dir), "plot": str(res.out_dir / "pareto.png"),
+            "front": [{"validation": v.scores, "test": t.scores if t else {}, "describe": v.candidate.describe(),
+                       "method": None if v.candidate.is_single else v.candidate.method,
+                       "nonzero_models": v.candidate.nonzero()}
+                      for v, t in zip(res.front, res.front_test)]}
+
+
+def _task_specs(tasks: list[str], names: list[str]) -> list[str]:
+    """The task specs (built-in names or JSONL paths) that give the named tasks."""
+    from modelglue.evaluate.tasks import load_tasks
+
+    picked = []
+    for spec in tasks:
+        if spec.startswith("lm_eval:"):
+            if spec.split(":", 1)[1] in [n.split(":", 1)[-1] for n in names]:
+                picked.append(spec)
+            continue
+        for t in load_tasks(spec, "validation"):
+            if t.name in names:
+                picked.append(t.name if t.source == "builtin" else t.source)
+    return list(dict.fromkeys(picked))
 
 
 def _link_final(src: Path, final: Path) -> None:

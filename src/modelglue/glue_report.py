@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import base64
-import html
 import json
 import os
 from pathlib import Path
@@ -61,26 +60,56 @@ def _images(out: Path) -> list[tuple[str, Path]]:
     """Every picture the pipeline made, in reading order."""
     found = [(title, out / "analysis" / name) for title, name in
              (("Similarity of the models", "heatmap.png"), ("Clustering dendrogram", "dendrogram.png"))]
-    for search_dir in sorted((out / "clusters").glob("cluster*/search-*")):
+    for search_dir in sorted((out / "clusters").glob("cluster*/search-*")) + sorted((out / "clusters").glob("cluster*/pareto")):
         for png in sorted(search_dir.glob("*.png")):
             label = "Pareto front" if "front" in png.name else "Search convergence"
-            found.append((f"{label}: {search_dir.parent.name}, {search_dir.name[7:]}", png))
+            found.append((f"{label}: {search_dir.parent.name}, {search_dir.name.removeprefix('search-')}", png))
     found.append(("Results", out / "results.png"))
     return [(t, p) for t, p in found if p.is_file()]
 
 
+def _summary_lines(results: dict) -> list[str]:
+    final, best = results["final"], results["best_single"]
+    lines = [f"Final model **{final['name']}** ({final['path']}): test mean {final['test_mean']:.3f}; best single "
+             f"model {best['name']}: {best['test_mean']:.3f} (gain {final['gain_over_best_single']:+.3f})."]
+    ab = results.get("ablation")
+    if ab:
+        mix = ab["mixture"]
+        lines.append(f"Merging added {mix['merging_adds_test']:+.3f} (the same mixture of each cluster's best member: "
+                     f"{mix['of_best_members_test']:.3f}); routing added "
+                     f"{mix['of_best_members_test'] - best['test_mean']:+.3f} over the best single model.")
+    return lines
+
+
+def _ablation_md(ab: dict) -> str:
+    rows = ["| cluster | members | best member | its test mean | cluster model | difference | merge | non-zero weights |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in ab["clusters"]:
+        rows.append(f"| {r['cluster']} | {r['members']} | {r['best_member']} | {r['best_member_test']:.3f} | "
+                    f"{r['cluster_model_test']:.3f} | {r['delta_test']:+.3f} | {r['method'] or 'none (best member kept)'} | "
+                    f"{r['nonzero_models']} of {r['members']} ({100 * r['nonzero_share']:.0f}%) |")
+    m = ab["mixture"]
+    rows.append(f"| mixture | | of best members | {m['of_best_members_test']:.3f} | {m['of_cluster_models_test']:.3f} | "
+                f"{m['merging_adds_test']:+.3f} | of cluster models | |")
+    return "\n".join(rows)
+
+
 def write_report(results: dict, out: Path) -> None:
+    """report.md, report.html (self-contained: images inlined) and results.json."""
+    import jinja2
+
     out = Path(out)
     results_chart(results, out / "results.png")
-    final, best = results["final"], results["best_single"]
-    summary = (f"Final model **{final['name']}** ({final['path']}): test mean {final['test_mean']:.3f}; best single "
-               f"model {best['name']}: {best['test_mean']:.3f} (gain {final['gain_over_best_single']:+.3f}).")
+    summary = _summary_lines(results)
     clusters = "\n".join(f"- cluster {i} (base {Path(b).name}): " + ", ".join(Path(p).name for p in c)
                          for i, (c, b) in enumerate(zip(results["clusters"], results["cluster_bases"])))
     notes = "\n".join(f"- {e['name']}: {e['note']}" for e in results["entries"] if e.get("note"))
     images = _images(out)
+    ab = results.get("ablation")
     md = "\n\n".join([
-        "# Model-GLUE report", summary, "## Clusters", clusters, "## Results (test split)", _table_md(results),
+        "# Model-GLUE report", *summary, "## Clusters", clusters,
+        *(["## What merging added (test split)", _ablation_md(ab)] if ab else []),
+        "## Results (test split)", _table_md(results),
         "## Notes", notes or "-",
         "## Figures", "\n".join(f"![{t}]({p.relative_to(out)})" for t, p in images),
         f"Total time {results['seconds']} s. Full data in results.json.",
@@ -90,24 +119,16 @@ def write_report(results: dict, out: Path) -> None:
     def img(path: Path) -> str:
         return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
-    tasks = results["tasks"]
-    rows = "".join(
-        f"<tr class='{e['kind']}'><td>{html.escape(e['name'])}</td><td>{html.escape(KIND_LABEL.get(e['kind'], e['kind']))}</td>"
-        + "".join(f"<td>{e['test'].get(t, float('nan')):.3f}</td>" for t in tasks)
-        + f"<td><b>{e['test_mean']:.3f}</b></td><td>{e['validation_mean']:.3f}</td></tr>"
-        for e in sorted(results["entries"], key=lambda e: -e["test_mean"]))
-    figures = "".join(f"<figure><img alt='{html.escape(t)}' src='{img(p)}'><figcaption>{html.escape(t)}</figcaption></figure>"
-                      for t, p in images)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Model-GLUE report</title><style>
-body{{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}}
-table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ddd;padding:3px 7px;text-align:right}}
-td:first-child,td:nth-child(2),th:first-child,th:nth-child(2){{text-align:left}} tr.model-glue{{background:#e3f9e5;font-weight:bold}}
-figure{{display:inline-block;margin:1em;vertical-align:top}} img{{max-width:520px;border:1px solid #eee}}
-</style></head><body><h1>Model-GLUE report</h1>
-<p>{html.escape(summary.replace('**', ''))}</p><h2>Clusters</h2><ul>{''.join(
-        f'<li>cluster {i} (base {html.escape(Path(b).name)}): {html.escape(", ".join(Path(p).name for p in c))}</li>'
-        for i, (c, b) in enumerate(zip(results['clusters'], results['cluster_bases'])))}</ul>
-<h2>Results (test split)</h2><table><tr><th>model</th><th>kind</th>{''.join(f'<th>{html.escape(t)}</th>' for t in tasks)}
-<th>test mean</th><th>validation mean</th></tr>{rows}</table><h2>Figures</h2>{figures}</body></html>"""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("modelglue", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    page = env.get_template("report.html.j2").render(
+        final=results["final"], best_single=results["best_single"], ablation=ab, pareto=results.get("pareto"),
+        routing_adds=(ab["mixture"]["of_best_members_test"] - results["best_single"]["test_mean"]) if ab else 0.0,
+        clusters=[{"base": Path(b).name, "members": [Path(p).name for p in c]}
+                  for c, b in zip(results["clusters"], results["cluster_bases"])],
+        tasks=results["tasks"], kind_label=KIND_LABEL,
+        entries=sorted(results["entries"], key=lambda e: -e["test_mean"]),
+        notes=[e for e in results["entries"] if e.get("note")],
+        figures=[{"title": t, "src": img(p)} for t, p in images], seconds=results["seconds"])
     _atomic_write(out / "report.html", page)
     _atomic_write(out / "results.json", json.dumps(results, indent=2) + "\n")

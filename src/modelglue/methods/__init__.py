@@ -194,8 +194,10 @@ def _task_vector_method(name: str, sparsify: str | None, consensus: str | None, 
     # skills often need (near) full weight on their task vector, hence the upper ends > 1.
     params = [
         Param("weight", float, "non_base", search=(0.0, 1.0) if normalize else (0.0, 1.5)),
-        # below ~0.1 ties/dare keep too little of a task vector to matter
-        Param("density", float, "non_base", default=1.0, **UNIT, search=(0.1, 1.0) if sparsify else None),
+        # below ~0.1 ties/dare keep too little of a task vector to matter; della needs
+        # density +- epsilon (default 0.15) inside (0, 1)
+        Param("density", float, "non_base", default=1.0, **UNIT,
+              search=None if not sparsify else (0.2, 0.8) if sparsify == "della" else (0.1, 1.0)),
         Param("normalize", bool, default=normalize),
         Param("rescale", bool, default=rescale),
         # The DARE paper rescales kept entries by 1/density; mergekit matches the L1 norm.

@@ -18,8 +18,28 @@ from modelglue.errors import ModelGlueError
 @dataclass(frozen=True)
 class Job:
     key: str
-    split: str
+    split: str  # "validation", "test", or "validation@0.25": the first quarter of each task's examples
     recipe: dict[str, Any]
+
+
+def subset_split(split: str, fraction: float) -> str:
+    """The split name of a subset: the first `fraction` of each task's examples (nested:
+    a smaller subset is a prefix of a larger one, which successive halving relies on)."""
+    return split if fraction >= 1 else f"{split}@{fraction:.6g}"
+
+
+def parse_split(split: str) -> tuple[str, float]:
+    """("validation@0.25") -> ("validation", 0.25); a plain split is its whole set."""
+    name, _, frac = split.partition("@")
+    if not frac:
+        return name, 1.0
+    try:
+        fraction = float(frac)
+    except ValueError:
+        raise ModelGlueError(f"bad split {split!r} (expected NAME or NAME@FRACTION)") from None
+    if not 0 < fraction <= 1:
+        raise ModelGlueError(f"bad split {split!r}: the fraction must lie in (0, 1]")
+    return name, fraction
 
 
 @dataclass(frozen=True)

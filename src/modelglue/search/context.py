@@ -4,6 +4,11 @@
 in the journal (this run, or the run that `--resume` continues) is not scored again;
 the rest go to the backend in one batch (a CMA-ES generation scores in parallel on Ray)
 and each result is journaled as soon as it arrives.
+
+Multi-fidelity: `score(..., fraction=f)` scores on the first fraction f of each task's
+validation examples and costs f of the budget (a full evaluation costs 1), so `--budget`
+counts full-validation evaluations however they are spent. Only full-fidelity records
+enter `history` (what a search returns and reports); subset scores are `screened`.
 """
 from __future__ import annotations
 
@@ -14,9 +19,20 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from modelglue.errors import ModelGlueError
-from modelglue.search.backends import Backend, Job
+from modelglue.search.backends import Backend, Job, subset_split
 from modelglue.search.journal import Journal
 from modelglue.search.space import Candidate, SearchSpace
+
+FIDELITY_ETA = 4  # successive halving: each rung scores 4x the examples of the one below
+MAX_RUNGS = 3
+
+
+def fidelity_rungs(smallest: float, eta: int = FIDELITY_ETA, max_rungs: int = MAX_RUNGS) -> list[float]:
+    """Fractions of the validation split to screen at, smallest first, ending at 1."""
+    rungs = [1.0]
+    while len(rungs) < max_rungs and rungs[0] / eta >= smallest - 1e-9:
+        rungs.insert(0, rungs[0] / eta)
+    return rungs
 
 
 class BudgetExhausted(Exception):
@@ -64,102 +80,116 @@ class Record:
     seconds: float = 0.0
     cached: bool = False  # taken from the journal, not scored by this call
     index: int = -1  # order of first proposal in this search (validation records only)
+    fraction: float = 1.0  # share of the split's examples it was scored on
 
     def to_json(self) -> dict[str, Any]:
         c = self.candidate
         return {"index": self.index, "key": c.key, "origin": c.origin, "split": self.split, "feasible": c.feasible,
+                "fraction": self.fraction,
                 **c.params(), "nonzero_models": c.nonzero(), "scores": self.scores, "fitness": self.fitness,
                 "seconds": round(self.seconds, 4)}
 
 
 @dataclass
 class SearchContext:
-    space: SearchSpace
+    space: SearchSpace  # the primary space (heuristics average in it)
     scorer: Any
     backend: Backend
     journal: Journal
     objective: Objective
-    budget: int
+    budget: float  # full-validation evaluations
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
     on_record: Callable[[Record], None] | None = None
+    spaces: dict[str, SearchSpace] = field(default_factory=dict)  # method -> space; default {space.method: space}
+    rungs: list[float] = field(default_factory=lambda: [1.0])  # fidelities to screen at (fidelity_rungs)
 
     def __post_init__(self) -> None:
-        self.history: list[Record] = []  # distinct validation candidates, in order of first proposal
-        self._seen: dict[str, Record] = {}
+        self.spaces = self.spaces or {self.space.method: self.space}
+        self.history: list[Record] = []  # distinct full-validation candidates, in order of first proposal
+        self.screened: list[Record] = []  # subset scores, in order
+        self._seen: dict[tuple[str, float], Record] = {}
+        self._cost = 0.0
         self.scored_now = 0  # candidates actually scored by this process (not from the journal)
         self.chosen: Record | None = None  # a strategy's own pick (heuristics); else the best in history
-        self._bar = tqdm(total=self.budget, desc="search", unit="cand", disable=not self.progress, leave=False)
+        self._bar = tqdm(total=self.budget, desc="search", unit="eval", disable=not self.progress, leave=False,
+                         bar_format="{l_bar}{bar}| {n:.1f}/{total:g} evals [{elapsed}<{remaining}]")
 
     @property
-    def used(self) -> int:
-        return len(self.history)
+    def used(self) -> float:
+        """Budget spent: full evaluations plus the fractions of the subset ones."""
+        return self._cost
 
     @property
-    def remaining(self) -> int:
-        return max(0, self.budget - self.used)
+    def remaining(self) -> float:
+        return max(0.0, self.budget - self._cost)
 
     def score(self, candidates: Sequence[Candidate], split: str = "validation", *,
-              count: bool = True) -> list[Record]:
-        """Scores for each candidate, in order. New validation candidates count against the
-        budget (repeats are free); past the budget, BudgetExhausted is raised *after*
-        the affordable ones are scored, so a partial generation is never wasted.
-        `count=False` scores outside the search (baselines, test split): no budget, no history.
+              count: bool = True, fraction: float = 1.0) -> list[Record]:
+        """Scores for each candidate, in order, on `split` (or the first `fraction` of it).
+        New validation candidates cost `fraction` of the budget (repeats are free); past
+        the budget, BudgetExhausted is raised *after* the affordable ones are scored, so a
+        partial generation is never wasted. `count=False` scores outside the search
+        (baselines, test split): no budget, no history.
         """
         track = split == "validation" and count
+        sub = subset_split(split, fraction)
         found: dict[str, Record] = {}  # key -> record, for this batch
         todo: dict[str, Candidate] = {}
         affordable: list[Candidate] = []
         exhausted = False
-        new = 0
+        spend = 0.0
         for cand in candidates:
-            if track and cand.key in self._seen:
+            if (track and (cand.key, fraction) in self._seen) or cand.key in found or cand.key in todo:
                 affordable.append(cand)
                 continue
-            if cand.key in found or cand.key in todo:
-                affordable.append(cand)
-                continue
-            if track and new >= self.remaining:
+            if track and spend + fraction > self.remaining + 1e-9:
                 exhausted = True
                 break  # keep the proposal order: nothing after the first unaffordable one
-            new += 1
+            spend += fraction if track else 0.0
             affordable.append(cand)
-            row = self.journal.get(cand.key, split) if cand.feasible else None
+            row = self.journal.get(cand.key, sub) if cand.feasible else None
             if not cand.feasible:
-                found[cand.key] = Record(cand, split, {}, float("-inf"))
+                found[cand.key] = Record(cand, sub, {}, float("-inf"), fraction=fraction)
             elif row is not None:
-                found[cand.key] = Record(cand, split, row.scores, self.objective(row.scores), row.seconds, cached=True)
+                found[cand.key] = Record(cand, sub, row.scores, self.objective(row.scores), row.seconds, cached=True,
+                                         fraction=fraction)
             else:
                 todo[cand.key] = cand
-        jobs = [Job(c.key, split, c.recipe) for c in todo.values()]
+        jobs = [Job(c.key, sub, c.recipe) for c in todo.values()]
         for res in self.backend.run(self.scorer, jobs):  # completion order: journal at once
             cand = todo[res.job.key]
-            self.journal.put(cand.key, split, cand.recipe, cand.params(), res.scores, res.seconds, cand.origin,
+            self.journal.put(cand.key, sub, cand.recipe, cand.params(), res.scores, res.seconds, cand.origin,
                              res.worker)
             self.scored_now += 1
-            found[cand.key] = Record(cand, split, res.scores, self.objective(res.scores), res.seconds)
-        # history in proposal order, whatever order the backend finished in (same on any backend)
+            found[cand.key] = Record(cand, sub, res.scores, self.objective(res.scores), res.seconds, fraction=fraction)
+        # records in proposal order, whatever order the backend finished in (same on any backend)
         out = []
         for cand in affordable:
-            if track and cand.key in self._seen:
-                out.append(self._seen[cand.key])
+            if track and (cand.key, fraction) in self._seen:
+                out.append(self._seen[(cand.key, fraction)])
                 continue
             rec = found[cand.key]
             if track:
-                rec.index = len(self.history)
-                self.history.append(rec)
-                self._seen[cand.key] = rec
-                self._bar.update()
-                if self.on_record:
-                    self.on_record(rec)
+                self._seen[(cand.key, fraction)] = rec
+                self._cost += fraction
+                self._bar.update(fraction)
+                if fraction >= 1:
+                    rec.index = len(self.history)
+                    self.history.append(rec)
+                    if self.on_record:
+                        self.on_record(rec)
+                else:
+                    rec.index = len(self.screened)
+                    self.screened.append(rec)
             out.append(rec)
         if exhausted:
             raise BudgetExhausted
         return out
 
-    def lookup(self, cand: Candidate) -> Record | None:
-        return self._seen.get(cand.key)
+    def lookup(self, cand: Candidate, fraction: float = 1.0) -> Record | None:
+        return self._seen.get((cand.key, fraction))
 
     def close(self) -> None:
         self._bar.close()

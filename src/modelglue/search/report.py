@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,9 +15,8 @@ import numpy as np
 
 from modelglue.recipe import recipe_to_yaml
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # run.py imports this module: its SearchResult is named, not imported
     from modelglue.search.context import Record
-    from modelglue.search.run import SearchResult
     from modelglue.search.space import SearchSpace
 
 
@@ -26,17 +26,20 @@ def _mean(rec: "Record | None") -> float | None:
     return float(np.mean(list(rec.scores.values())))
 
 
-def _entry(val: "Record", test: "Record | None", space: "SearchSpace") -> dict:
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _entry(val: "Record", test: "Record | None") -> dict:
     c = val.candidate
-    return {"origin": c.origin, "key": c.key, "recipe": c.recipe, **c.params(),
-            "models": [space.label(i) for i in range(space.n)], "nonzero_models": c.nonzero(),
+    return {"origin": c.origin, "key": c.key, "recipe": c.recipe, **c.params(), "nonzero_models": c.nonzero(),
             "validation": {"scores": val.scores, "fitness": val.fitness, "mean": _mean(val)},
             "test": None if test is None else {"scores": test.scores, "mean": _mean(test)}}
 
 
 def write_outputs(result: "SearchResult", space: "SearchSpace") -> None:
-    from modelglue.search.run import atomic_write_text
-
     out, cfg = result.out_dir, result.config
     best = result.best
     atomic_write_text(out / "best.yml", recipe_to_yaml(best.candidate.recipe))
@@ -53,14 +56,19 @@ def write_outputs(result: "SearchResult", space: "SearchSpace") -> None:
     atomic_write_text(out / "summary.txt", result.summary + "\n")
     files.append("summary.txt")
     payload = {
-        "strategy": cfg.strategy, "method": cfg.method, "seed": cfg.seed, "budget_used": len(result.history),
+        "strategy": cfg.strategy, "method": cfg.method, "methods_searched": result.methods,
+        "best_method": best.candidate.method if not best.candidate.is_single else None,
+        "single_model_wins": best.candidate.is_single, "verdict": result.verdict, "seed": cfg.seed,
+        "budget_used": round(result.budget_used, 4), "full_evaluations": len(result.history),
+        "subset_evaluations": len(result.screened),
         "tasks": result.tasks, "task_weights": cfg.task_weights, "models": [space.label(i) for i in range(space.n)],
         "model_paths": space.members, "base": space.base_path, "scored_by_this_run": result.scored_now,
         "seconds": round(result.seconds, 2),
-        "best": _entry(best, result.best_test, space),
-        "front": [_entry(v, t, space) for v, t in zip(result.front, result.front_test)],
-        "baselines": {k: _entry(v, t, space) for k, (v, t) in result.baselines.items()},
+        "best": _entry(best, result.best_test),
+        "front": [_entry(v, t) for v, t in zip(result.front, result.front_test)],
+        "baselines": {k: _entry(v, t) for k, (v, t) in result.baselines.items()},
         "candidates": [_json_safe(r.to_json()) for r in result.history],
+        "screened": [_json_safe(r.to_json()) for r in result.screened],
         "files": files + ["results.json"],
     }
     atomic_write_text(out / "results.json", json.dumps(_json_safe(payload), indent=1) + "\n")
@@ -94,9 +102,11 @@ def summary_table(result: "SearchResult", space: "SearchSpace") -> str:
     widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
     fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
     lines = [fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in body]
-    weights = ", ".join(f"{space.label(i)}={w:g}" for i, w in enumerate(result.best.candidate.flat_weights()) if w > 0)
-    lines += ["", f"best: {weights}  ({len(result.history)} candidates, {result.scored_now} scored by this run, "
-                  f"{result.seconds:.1f}s)"]
+    sub = f" + {len(result.screened)} on validation subsets" if result.screened else ""
+    lines += ["", f"best: {result.best.candidate.describe()}",
+              result.verdict,
+              f"({len(result.history)} full evaluations{sub}, budget used {result.budget_used:.1f}, "
+              f"{result.scored_now} scored by this run, {result.seconds:.1f}s; methods: {', '.join(result.methods)})"]
     return "\n".join(lines)
 
 
@@ -108,18 +118,23 @@ def plot_convergence(result: "SearchResult", path: Path) -> str:
     hist = [r for r in result.history if np.isfinite(r.fitness)]
     xs = [r.index + 1 for r in hist]
     ys = [r.fitness for r in hist]
-    ax.scatter(xs, ys, s=12, alpha=0.5, label="candidate")
+    methods = sorted({r.candidate.method for r in hist if not r.candidate.is_single})
+    for k, m in enumerate(methods):
+        pts = [(x, y) for x, y, r in zip(xs, ys, hist) if r.candidate.method == m and not r.candidate.is_single]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12, alpha=0.6, color=f"C{k % 10}", label=m)
+    pts = [(x, y) for x, y, r in zip(xs, ys, hist) if r.candidate.is_single]
+    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=18, marker="s", color="black", label="single model")
     best, run = [], -np.inf
     for y in ys:
         run = max(run, y)
         best.append(run)
-    ax.step(xs, best, where="post", color="C3", label="best so far")
+    ax.step(xs, best, where="post", color="crimson", label="best so far")
     singles = [v.fitness for k, (v, _) in result.baselines.items() if k.startswith("single:")]
     if singles:
         ax.axhline(max(singles), color="gray", ls="--", lw=1, label="best single model")
     if "uniform" in result.baselines:
         ax.axhline(result.baselines["uniform"][0].fitness, color="gray", ls=":", lw=1, label="uniform merge")
-    ax.set_xlabel("candidates scored")
+    ax.set_xlabel("candidates scored on the full validation split")
     ax.set_ylabel("validation fitness")
     ax.set_title(f"{result.config.strategy} ({result.config.method})")
     ax.legend(fontsize=8, loc="best")

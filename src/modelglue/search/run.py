@@ -5,13 +5,15 @@
                                      strategy="cmaes", out_dir="out/search", budget=40))
     result.best.candidate.recipe, result.best_test.scores
 
-The search sees only the validation split. When it ends, the chosen merge (and, with
-baselines on, every single model and the uniform merge) is scored on the test split.
+The search sees only the validation split. It returns the best candidate it scored on
+the full validation split, single models included (a search never returns less than
+what it has seen), and says so plainly when a single model wins. When it ends, the
+chosen merge (and, with baselines on, every single model and the uniform merge) is
+scored on the test split.
 """
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,9 +23,10 @@ import numpy as np
 
 from modelglue.errors import ModelGlueError
 from modelglue.search.backends import make_backend
-from modelglue.search.context import BudgetExhausted, Objective, Record, SearchContext
+from modelglue.search.context import BudgetExhausted, Objective, Record, SearchContext, fidelity_rungs
 from modelglue.search.journal import Journal
-from modelglue.search.space import SearchSpace
+from modelglue.search.report import write_outputs
+from modelglue.search.space import SearchSpace, portfolio
 from modelglue.search.strategies import STRATEGIES, get_strategy, nondominated
 
 DEFAULT_BUDGET = {"uniform": 1, "heuristic-average": 1000, "heuristic-coefficient": 1000,
@@ -39,8 +42,8 @@ class SearchConfig:
     out_dir: str | Path
     strategy: str = "cmaes"
     base: str | Path | None = None
-    method: str = "linear"
-    budget: int | None = None  # distinct validation candidates; default per strategy
+    method: str = "auto"  # auto: choose among the portfolio (space.AUTO_METHODS) by validation score
+    budget: float | None = None  # full-validation evaluations (a subset costs its fraction); default per strategy
     backend: str = "local"
     ray_address: str | None = None
     workers: int = 2
@@ -50,11 +53,12 @@ class SearchConfig:
     save_model: bool = False
     task_weights: dict[str, float] | None = None
     layer_groups: int = 1
-    search_density: bool = False
+    search_density: bool | None = None  # None: for the methods that declare a searched density
     precision: int = 2
     popsize: int | None = None
     sigma: float | None = None
-    init: str = "uniform"
+    init: str = "screen"  # cmaes starts: screen | uniform | best-single | heuristic
+    multi_fidelity: bool = True  # screen on subsets of the validation examples first
     grid: Sequence[float] | None = None
     similarity_order: str = "descending"
     pareto_points: int = 5
@@ -67,7 +71,8 @@ class SearchConfig:
     def identity(self, scorer_desc: dict[str, Any]) -> dict[str, Any]:
         """What must not change between a run and its --resume (budget may grow)."""
         keep = ("models", "base", "method", "strategy", "seed", "task_weights", "layer_groups", "search_density",
-                "precision", "popsize", "sigma", "init", "grid", "similarity_order", "pareto_points", "parameters")
+                "precision", "popsize", "sigma", "init", "grid", "similarity_order", "pareto_points", "parameters",
+                "multi_fidelity")
         d = {k: v for k, v in asdict(self).items() if k in keep}
         d["models"] = [str(Path(m).resolve()) for m in self.models]
         d["base"] = str(Path(self.base).resolve()) if self.base else None
@@ -89,7 +94,24 @@ class SearchResult:
     scored_now: int  # candidates scored by this process (the rest came from the journal)
     out_dir: Path
     seconds: float
+    screened: list[Record] = field(default_factory=list)  # subset scores (multi-fidelity)
+    methods: list[str] = field(default_factory=list)  # the portfolio searched
+    budget_used: float = 0.0
     summary: str = ""
+
+    @property
+    def verdict(self) -> str:
+        """One plain sentence: what won, and whether merging beat every single model."""
+        singles = [r for r in self.history if r.candidate.is_single and np.isfinite(r.fitness)]
+        c = self.best.candidate
+        if c.is_single:
+            return (f"a single model wins: {c.origin.split(':', 1)[1]} (validation {self.best.fitness:.3f}); "
+                    f"none of the {len(self.history) - len(singles)} merges scored higher")
+        if not singles:
+            return f"best: {c.describe()} (validation {self.best.fitness:.3f})"
+        top = max(singles, key=lambda r: r.fitness)
+        return (f"the merge beats every single model on validation: {self.best.fitness:.3f} vs "
+                f"{top.fitness:.3f} ({top.candidate.origin.split(':', 1)[1]}), {c.describe()}")
 
 
 def run_search(config: SearchConfig, scorer: Any = None) -> SearchResult:
@@ -102,9 +124,13 @@ def run_search(config: SearchConfig, scorer: Any = None) -> SearchResult:
     budget = config.budget if config.budget is not None else DEFAULT_BUDGET[config.strategy]
     if budget < 1:
         raise ModelGlueError("--budget must be at least 1")
-    space = SearchSpace(config.models, method=config.method, base=config.base, layer_groups=config.layer_groups,
-                        search_density=config.search_density, precision=config.precision, merge_seed=config.seed,
-                        extra_parameters=dict(config.parameters))
+    methods = portfolio(config.method, config.base is not None)
+    spaces = {m: SearchSpace(config.models, method=m, base=config.base, layer_groups=config.layer_groups,
+                             search_density=config.search_density if m == config.method else None,
+                             precision=config.precision, merge_seed=config.seed,
+                             extra_parameters=dict(config.parameters))
+              for m in methods}
+    space = spaces[methods[0]]
     if scorer is None:
         if not config.tasks:
             raise ModelGlueError("--tasks is required")
@@ -127,8 +153,9 @@ def run_search(config: SearchConfig, scorer: Any = None) -> SearchResult:
     backend = make_backend(config.backend, config.ray_address, config.workers)
     options = {"popsize": config.popsize, "sigma": config.sigma, "init": config.init, "grid": config.grid,
                "order": config.similarity_order, "points": config.pareto_points}
+    smallest = scorer.smallest_subset() if config.multi_fidelity and hasattr(scorer, "smallest_subset") else 1.0
     ctx = SearchContext(space, scorer, backend, journal, objective, budget, seed=config.seed, options=options,
-                        progress=config.progress)
+                        progress=config.progress, spaces=spaces, rungs=fidelity_rungs(smallest))
     try:
         try:
             get_strategy(config.strategy)(ctx)
@@ -139,7 +166,11 @@ def run_search(config: SearchConfig, scorer: Any = None) -> SearchResult:
         feasible = [r for r in ctx.history if r.candidate.feasible and np.isfinite(r.fitness)]
         if not feasible:
             raise ModelGlueError("no feasible candidate was scored (raise --budget?)")
-        best = ctx.chosen if ctx.chosen is not None else max(feasible, key=lambda r: (r.fitness, -r.index))
+        # the best full-validation score wins, single models included; a heuristic's
+        # pick is that best too, but keeps its own on a tie (it may merge more models)
+        best = max(feasible, key=lambda r: (r.fitness, -r.index))
+        if ctx.chosen is not None and ctx.chosen.fitness >= best.fitness:
+            best = ctx.chosen
         front = nondominated(ctx.history, tasks) if config.strategy == "pareto" else []
         # the test split, never seen by the search
         best_test = ctx.score([best.candidate], "test", count=False)[0]
@@ -157,9 +188,7 @@ def run_search(config: SearchConfig, scorer: Any = None) -> SearchResult:
         backend.close()
         journal.close()
     result = SearchResult(config, tasks, best, best_test, list(ctx.history), front, list(front_test), baselines,
-                          ctx.scored_now, out, time.perf_counter() - start)
-    from modelglue.search.report import write_outputs
-
+                          ctx.scored_now, out, time.perf_counter() - start, list(ctx.screened), methods, ctx.used)
     write_outputs(result, space)
     return result
 
@@ -171,12 +200,6 @@ def search(models: Sequence[str | Path], tasks: str | Sequence[str] | None, out_
     if unknown:
         raise ModelGlueError(f"unknown search option {unknown[0]!r}")
     return run_search(SearchConfig(models=list(models), tasks=tasks, out_dir=out_dir, **options), scorer=scorer)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 __all__ = ["DEFAULT_BUDGET", "STRATEGIES", "SearchConfig", "SearchResult", "run_search", "search"]

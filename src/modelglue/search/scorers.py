@@ -6,20 +6,30 @@ object can be shipped to Ray workers and each worker builds its own.
 
 - `MergeScorer`: merges the recipe in memory into one resident model (no disk) and runs
   the evaluator on the chosen tasks; the default.
+
+Multi-fidelity: a split may name a subset, "validation@0.25" (see `parse_split`). A
+scorer that can score subsets says how small one may be with `smallest_subset()`; the
+search then screens candidates on subsets and promotes the promising ones.
 - `WeightDistanceScorer`: a synthetic fitness from the merged weights alone (how close
   they are to per-task target mixtures). Deterministic and fast: for tests and for
   studying strategies without evaluation noise.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import torch
 
 from modelglue.errors import ModelGlueError
+from modelglue.search.backends import parse_split
+
+# A subset smaller than this many examples per task ranks candidates mostly by noise.
+MIN_SUBSET_EXAMPLES = 16
 
 
 class Scorer(Protocol):
@@ -51,9 +61,10 @@ class MergeScorer:
         self.limit, self.device, self.batch_size = limit, device, batch_size
         self.merge_seed, self.threads = merge_seed, threads
         self._state: dict[str, Any] | None = None
+        self._task_cache: dict[str, list] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # ship the settings, never the loaded model
-        return {**self.__dict__, "_state": None}
+        return {**self.__dict__, "_state": None, "_task_cache": {}}
 
     def describe(self) -> dict[str, Any]:
         return {"scorer": "merge+evaluate", "tasks": self.tasks, "limit": self.limit}
@@ -78,26 +89,48 @@ class MergeScorer:
             if self.threads:
                 torch.set_num_threads(self.threads)
             model, tokenizer = load_model(self.reference, device=self.device, dtype=torch.float32)
-            self._state = {"model": model, "tokenizer": tokenizer, "merger": InMemoryMerger(device=self.device),
-                           "tasks": {}}
+            self._state = {"model": model, "tokenizer": tokenizer, "merger": InMemoryMerger(device=self.device)}
         return self._state
 
-    def _tasks(self, split: str) -> list:
-        """Task objects per split, built once (built-in tasks are generated, not read)."""
+    def _ours(self, split: str) -> list:
+        """Our task objects of a whole split, `limit` applied, built once (built-in tasks
+        are generated, not read)."""
         from modelglue.evaluate import load_tasks
 
-        st = self._setup()
-        if split not in st["tasks"]:
+        cache = self._task_cache
+        if split not in cache:
             ours = [t for t in self.tasks if not t.startswith("lm_eval:")]
-            st["tasks"][split] = (load_tasks(ours, split) if ours else []) + [t for t in self.tasks if t.startswith("lm_eval:")]
-        return st["tasks"][split]
+            cache[split] = [dataclasses.replace(t, examples=t.examples[:self.limit] if self.limit else t.examples)
+                            for t in (load_tasks(ours, split) if ours else [])]
+        return cache[split]
+
+    def tasks_for(self, split: str) -> list:
+        """What to evaluate on `split`: a subset split keeps the first fraction of each
+        task's examples (at least one)."""
+        name, fraction = parse_split(split)
+        lm = [t for t in self.tasks if t.startswith("lm_eval:")]
+        if fraction < 1 and lm:
+            raise ModelGlueError("lm_eval tasks cannot be scored on a subset of their examples")
+        ours = [t if fraction >= 1 else
+                dataclasses.replace(t, examples=t.examples[:max(1, math.ceil(fraction * len(t.examples)))])
+                for t in self._ours(name)]
+        return ours + lm
+
+    def smallest_subset(self) -> float:
+        """The smallest fraction of the validation split that still leaves every task
+        MIN_SUBSET_EXAMPLES examples (1.0: no subsets, e.g. with lm_eval tasks)."""
+        if any(t.startswith("lm_eval:") for t in self.tasks):
+            return 1.0
+        sizes = [len(t.examples) for t in self._ours("validation")]
+        return min(1.0, max(MIN_SUBSET_EXAMPLES / max(1, n) for n in sizes)) if sizes else 1.0
 
     def __call__(self, recipe: dict[str, Any], split: str) -> dict[str, float]:
         from modelglue.evaluate import evaluate
 
         st = self._setup()
+        tasks = self.tasks_for(split)
         st["merger"].merge_into(st["model"], recipe, seed=self.merge_seed)
-        res = evaluate(st["model"], st["tokenizer"], self._tasks(split), split=split, limit=self.limit,
+        res = evaluate(st["model"], st["tokenizer"], tasks, split=parse_split(split)[0], limit=None,
                        batch_size=self.batch_size)
         return {k: float(v) for k, v in res["scores"].items()}
 
@@ -107,18 +140,25 @@ class WeightDistanceScorer:
     exp(-||theta - target_k|| / ||target_k - anchor||), where target_k is a fixed mixture
     of the inputs. The same merge always gets the same score, and no model is run."""
 
-    def __init__(self, targets: dict[str, dict[str, float]], *, split_noise: float = 0.0, merge_seed: int = 0):
+    def __init__(self, targets: dict[str, dict[str, float]], *, split_noise: float = 0.0, subset_noise: float = 0.01,
+                 merge_seed: int = 0):
         """`targets`: task -> {model path: weight} (normalised). `split_noise` shifts the
-        test-split scores a little, deterministically, so the two splits differ."""
+        test-split scores a little, deterministically, so the two splits differ.
+        A subset split ("validation@f") adds deterministic noise of about
+        subset_noise * sqrt(1/f - 1), as a sample of fewer examples would."""
         self.targets = {t: {str(Path(m).resolve()): float(w) for m, w in mix.items()} for t, mix in targets.items()}
-        self.split_noise, self.merge_seed = split_noise, merge_seed
+        self.split_noise, self.subset_noise, self.merge_seed = split_noise, subset_noise, merge_seed
         self._state: dict[str, Any] | None = None
+
+    def smallest_subset(self) -> float:
+        return 1 / 16
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_state": None}
 
     def describe(self) -> dict[str, Any]:
-        return {"scorer": "weight-distance", "targets": self.targets, "split_noise": self.split_noise}
+        return {"scorer": "weight-distance", "targets": self.targets, "split_noise": self.split_noise,
+                "subset_noise": self.subset_noise}
 
     def task_names(self) -> list[str]:
         return list(self.targets)
@@ -143,8 +183,11 @@ class WeightDistanceScorer:
                 self._state["targets"][task] = (target, float((target - anchor).norm()) or 1.0)
             target, scale = self._state["targets"][task]
             score = float(torch.exp(-(theta - target).norm() / scale))
-            if split != "validation" and self.split_noise:
-                digest = hashlib.sha256(json.dumps([recipe, task, split], sort_keys=True).encode()).digest()
+            name, fraction = parse_split(split)
+            digest = hashlib.sha256(json.dumps([recipe, task, split], sort_keys=True).encode()).digest()
+            if name != "validation" and self.split_noise:
                 score = max(0.0, score + self.split_noise * (digest[0] / 255 - 0.5))
+            if fraction < 1 and self.subset_noise:
+                score = max(0.0, score + self.subset_noise * math.sqrt(1 / fraction - 1) * 2 * (digest[1] / 255 - 0.5))
             out[task] = round(score, 6)
         return out

@@ -1,10 +1,12 @@
 """The search space: a vector of merge coefficients <-> a mergekit recipe.
 
-Every strategy proposes points in one continuous box (per-model weights, optionally one
-weight per layer group, optionally per-model densities for ties/dare methods) and turns
-them into `Candidate`s here. Coefficients are rounded before the recipe is built, so two
-proposals that differ below the rounding are the same recipe, hash to the same key and
-are scored once.
+Every strategy proposes points in one continuous box per merge method (per-model
+weights, optionally one weight per layer group, per-model densities for the sparsifying
+methods, and the overall scale lambda for methods that normalise their weights) and turns
+them into `Candidate`s here. The box comes from the registry: each method declares which
+parameters are searched and over which range (`Param.search`). Coefficients are rounded
+before the recipe is built, so two proposals that differ below the rounding are the same
+recipe, hash to the same key and are scored once.
 """
 from __future__ import annotations
 
@@ -17,9 +19,20 @@ from typing import Any, Sequence
 import numpy as np
 
 from modelglue.errors import ModelGlueError
-from modelglue.methods import get_method
+from modelglue.methods import get_method, searchable_methods
 
-DENSITY_RANGE = (0.1, 1.0)  # below ~0.1 ties/dare keep too little of a task vector to matter
+# `--method auto`: the portfolio of Model-GLUE's "optimal merging strategy selection"
+# (kept to the methods that differ in kind; any other searchable method can be named).
+AUTO_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "breadcrumbs_ties", "della")
+
+
+def portfolio(method: str, has_base: bool) -> list[str]:
+    """The methods a search over `method` explores: itself, or for "auto" the portfolio
+    (only base-free methods without a base model)."""
+    if method != "auto":
+        return [method]
+    known = set(searchable_methods())
+    return [m for m in AUTO_METHODS if m in known and (has_base or not get_method(m).needs_base)]
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,9 @@ class Candidate:
     key: str
     origin: str = ""  # who proposed it first: "uniform", "single:NAME", "cmaes:g3", ...
     feasible: bool = True  # False: no usable recipe (e.g. a linear merge with all weights zero); never scored
+    method: str = "linear"
+    labels: tuple[str, ...] = ()  # the model behind each entry of `weights`
+    lambda_: float | None = None  # searched scale (None: the method's default)
 
     def flat_weights(self) -> list[float]:
         """One number per model: the mean over its layer groups (for tables and plots)."""
@@ -48,8 +64,23 @@ class Candidate:
         return n or len(self.recipe.get("models", []))
 
     def params(self) -> dict[str, Any]:
-        return {"weights": [list(w) for w in self.weights],
-                "densities": list(self.densities) if self.densities is not None else None}
+        return {"method": self.method, "models": list(self.labels), "weights": [list(w) for w in self.weights],
+                "densities": list(self.densities) if self.densities is not None else None, "lambda": self.lambda_}
+
+    @property
+    def is_single(self) -> bool:
+        return self.origin.startswith("single:")
+
+    def describe(self) -> str:
+        """One line: the method and its non-zero coefficients."""
+        if self.is_single:
+            return f"{self.origin.split(':', 1)[1]} alone"
+        parts = [f"{lab}={w:g}" for lab, w in zip(self.labels, self.flat_weights()) if w > 0]
+        if self.densities is not None:
+            parts.append("density " + "/".join(f"{d:g}" for d, w in zip(self.densities, self.flat_weights()) if w > 0))
+        if self.lambda_ is not None:
+            parts.append(f"lambda={self.lambda_:g}")
+        return f"{self.method}: " + ", ".join(parts)
 
 
 def recipe_key(recipe: dict[str, Any], seed: int | None = None) -> str:
@@ -74,9 +105,9 @@ class SearchSpace:
     method: str = "linear"
     base: str | Path | None = None
     layer_groups: int = 1
-    search_density: bool = False
+    search_density: bool | None = None  # None: where the method declares a searched density
     precision: int = 2
-    max_weight: float = 1.0
+    max_weight: float | None = None  # None: the method's declared search range
     dtype: str = "float32"
     merge_seed: int = 0
     extra_parameters: dict[str, Any] = field(default_factory=dict)  # recipe-level, e.g. {"normalize": True}
@@ -96,14 +127,24 @@ class SearchSpace:
         self.base_path = base
         if not self.members:
             raise ModelGlueError("no models to search over (give --models)")
-        if self.method in ("slerp", "model_stock", "passthrough"):
+        if not self._method.searchable:
             raise ModelGlueError(f"method {self.method!r} has no per-model coefficients to search; "
-                                 "use linear, task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs or della")
+                                 f"use auto or one of {', '.join(searchable_methods())}")
         if self.layer_groups < 1:
             raise ModelGlueError("--layer-groups must be at least 1")
-        has_density = self._method.param("density") is not None
-        if self.search_density and not has_density:
+        density = self._method.param("density")
+        if self.search_density is None:
+            self.search_density = density is not None and density.search is not None
+        elif self.search_density and density is None:
             raise ModelGlueError(f"--search-density: method {self.method!r} has no density parameter")
+        self.density_range = density.search if density is not None and density.search else (0.1, 1.0)
+        low, high = self._method.param("weight").search
+        self.weight_range = (low, float(self.max_weight) if self.max_weight is not None else high)
+        lam = self._method.param("lambda")
+        # a normalising method only sees its weights' ratios: its scale is lambda
+        self.search_lambda = (lam is not None and lam.search is not None and self.normalizes
+                              and "lambda" not in self.extra_parameters)
+        self.lambda_range = lam.search if self.search_lambda else None
         if self.precision < 1:
             raise ModelGlueError("--precision must be at least 1 decimal")
         # Only with one layer group: gradients interpolate between anchors, so rescaling
@@ -118,36 +159,45 @@ class SearchSpace:
 
     @property
     def dim(self) -> int:
-        return self.n * self.layer_groups + (self.n if self.search_density else 0)
+        return self.n * self.layer_groups + (self.n if self.search_density else 0) + (1 if self.search_lambda else 0)
 
     def bounds(self) -> np.ndarray:
-        rows = [[0.0, self.max_weight]] * (self.n * self.layer_groups)
-        rows += [list(DENSITY_RANGE)] * (self.n if self.search_density else 0)
+        rows = [list(self.weight_range)] * (self.n * self.layer_groups)
+        rows += [list(self.density_range)] * (self.n if self.search_density else 0)
+        rows += [list(self.lambda_range)] if self.search_lambda else []
         return np.array(rows, dtype=float)
 
     def x0(self) -> np.ndarray:
-        """The centre of the search: equal weights (the uniform merge), density 0.5."""
-        x = [self.max_weight / 2] * (self.n * self.layer_groups)
-        return np.array(x + ([0.5] * self.n if self.search_density else []), dtype=float)
+        """The centre of the search: equal weights (the uniform merge), density 0.5, lambda 1."""
+        x = [sum(self.weight_range) / 2] * (self.n * self.layer_groups)
+        x += [0.5] * self.n if self.search_density else []
+        x += [1.0] if self.search_lambda else []
+        return np.array(x, dtype=float)
 
     def encode(self, cand: Candidate) -> np.ndarray:
-        """The vector of a candidate (the inverse of `decode`, up to rounding)."""
+        """The vector of a candidate of this space (the inverse of `decode`, up to rounding)."""
+        if cand.method != self.method and not cand.is_single:
+            raise ValueError(f"a {cand.method} candidate is not a point of the {self.method} space")
         x = [v for w in cand.weights for v in w]
         if self.search_density:
             x += list(cand.densities or [0.5] * self.n)
+        if self.search_lambda:
+            x.append(cand.lambda_ if cand.lambda_ is not None else 1.0)
         return np.array(x, dtype=float)
 
     # ------------------------------------------------------------------ candidates
     def decode(self, x: Sequence[float], origin: str = "") -> Candidate:
         x = np.clip(np.asarray(x, dtype=float), self.bounds()[:, 0], self.bounds()[:, 1])
-        g = self.layer_groups
-        weights = [x[i * g:(i + 1) * g] for i in range(self.n)]
-        dens = x[self.n * g:] if self.search_density else None
-        return self.candidate(weights, dens, origin)
+        g, n = self.layer_groups, self.n
+        weights = [x[i * g:(i + 1) * g] for i in range(n)]
+        dens = x[n * g:n * g + n] if self.search_density else None
+        lam = float(x[-1]) if self.search_lambda else None
+        return self.candidate(weights, dens, origin, lambda_=lam)
 
     def candidate(self, weights: Sequence[Sequence[float] | float], densities: Sequence[float] | None = None,
-                  origin: str = "") -> Candidate:
-        """Build a candidate from per-model weights (a number or one per layer group)."""
+                  origin: str = "", *, lambda_: float | None = None) -> Candidate:
+        """Build a candidate from per-model weights (a number or one per layer group);
+        densities default to 0.5 and lambda to 1 where they are searched."""
         if len(weights) != self.n:
             raise ModelGlueError(f"expected {self.n} weights, got {len(weights)}")
         r = self.precision
@@ -166,14 +216,20 @@ class SearchSpace:
         for groups in rows:
             # +0.0 turns -0.0 into 0.0 so equal candidates hash equally
             rounded.append(tuple(round(v, r) + 0.0 for v in groups))
-        dens = tuple(round(min(max(float(d), DENSITY_RANGE[0]), DENSITY_RANGE[1]), r) for d in densities) \
-            if densities is not None else None
-        recipe = self._recipe(rounded, dens)
+        if self.search_density and densities is None:
+            densities = [0.5] * self.n
+        lo, hi = self.density_range
+        dens = tuple(round(min(max(float(d), lo), hi), r) for d in densities) if densities is not None else None
+        lam = None
+        if self.search_lambda:
+            lo, hi = self.lambda_range
+            lam = round(min(max(float(1.0 if lambda_ is None else lambda_), lo), hi), r) + 0.0
+        recipe = self._recipe(rounded, dens, lam)
         feasible = recipe is not None
         if recipe is None:
             recipe = {}
         return Candidate(tuple(rounded), dens, recipe, recipe_key(recipe, self.merge_seed) if feasible else "infeasible",
-                         origin, feasible)
+                         origin, feasible, self.method, self.labels, lam)
 
     @property
     def normalizes(self) -> bool:
@@ -186,7 +242,13 @@ class SearchSpace:
         normalises, else 1/k (task arithmetic's sum of k task vectors / k)."""
         return 1.0 if self.normalizes else 1.0 / max(1, k)
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(Path(m).name for m in self.members)
+
     def uniform(self) -> Candidate:
+        """The plain average of all members in this method (the "uniform" baseline is the
+        linear space's): densities 1, lambda 1."""
         return self.candidate([self.equal_weight(self.n)] * self.n, [1.0] * self.n if self.search_density else None,
                               origin="uniform")
 
@@ -196,19 +258,21 @@ class SearchSpace:
         w[i] = 1.0
         cand = self.candidate(w, [1.0] * self.n if self.search_density else None)
         own = self.single_path(self.members[i])
-        return Candidate(cand.weights, cand.densities, own.recipe, own.key, own.origin, True)
+        return Candidate(cand.weights, cand.densities, own.recipe, own.key, own.origin, True, self.method, self.labels)
 
     def single_path(self, path: str) -> Candidate:
-        """Any model on its own, e.g. the base of a ties search (not a member)."""
+        """Any model on its own, e.g. the base of a ties search (not a member); the same
+        recipe and key in every method's space, so it is scored once."""
         recipe = {"merge_method": "linear", "models": [{"model": path, "parameters": {"weight": 1.0}}],
                   "dtype": self.dtype}
         return Candidate(tuple((0.0,) * self.layer_groups for _ in range(self.n)), None, recipe, recipe_key(recipe),
-                         f"single:{Path(path).name}", True)
+                         f"single:{Path(path).name}", True, self.method, self.labels)
 
     def label(self, i: int) -> str:
         return Path(self.members[i]).name
 
-    def _recipe(self, weights: list[tuple[float, ...]], dens: tuple[float, ...] | None) -> dict[str, Any] | None:
+    def _recipe(self, weights: list[tuple[float, ...]], dens: tuple[float, ...] | None,
+                lam: float | None) -> dict[str, Any] | None:
         """The mergekit recipe; models with all-zero weights are left out (they contribute
         nothing, and leaving them out keeps equal merges equal). None: nothing to merge."""
         entries = []
@@ -233,7 +297,10 @@ class SearchSpace:
             if not entries:
                 return None  # all weights zero: a normalised average is undefined
             recipe = {"merge_method": self.method, "models": entries}
-        if self.extra_parameters:
-            recipe["parameters"] = dict(self.extra_parameters)
+        parameters = dict(self.extra_parameters)
+        if lam is not None:
+            parameters["lambda"] = lam
+        if parameters:
+            recipe["parameters"] = parameters
         recipe["dtype"] = self.dtype
         return recipe

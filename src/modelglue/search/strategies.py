@@ -9,18 +9,22 @@ and every random draw from a generator seeded by `ctx.seed`.
 - heuristic-average / -coefficient / -similarity: the greedy selective merges of
   Model-GLUE (arXiv:2410.05357, sec. 3): add models one at a time, keep an addition
   only if the validation fitness does not drop.
-- cmaes: CMA-ES over the coefficient box (as "Recycle them", arXiv:2412.04144).
+- cmaes: method selection over the portfolio and CMA-ES over each method's coefficient
+  box (as "Recycle them", arXiv:2412.04144), with screened starts, multi-fidelity
+  generations and restarts so that small budgets reach full-weight task vectors.
 - pareto: a sweep of scalarised CMA-ES runs over task-weightings, each warm-started
-  from the previous optimum; returns the non-dominated front of everything scored.
+  from the best merge under its weighting; returns the non-dominated front.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
 
 from modelglue.errors import ModelGlueError
 from modelglue.search.context import Record, SearchContext
+from modelglue.search.space import Candidate
 
 INFEASIBLE = 1e6  # CMA-ES minimises; only ranks matter, so any value above every real one works
 
@@ -38,8 +42,7 @@ def _by_fitness(records: list[Record]) -> list[int]:
 
 def _average(ctx: SearchContext, kept: list[int], origin: str):
     w = [ctx.space.equal_weight(len(kept)) if i in kept else 0.0 for i in range(ctx.space.n)]
-    dens = ctx.space.x0()[-ctx.space.n:] if ctx.space.search_density else None
-    return ctx.space.candidate(w, dens, origin=origin)
+    return ctx.space.candidate(w, origin=origin)
 
 
 def _weights_of(ctx: SearchContext, rec: Record) -> np.ndarray:
@@ -78,8 +81,8 @@ def heuristic_coefficient(ctx: SearchContext) -> None:
     current = np.eye(ctx.space.n)[order[0]]
     for i in order[1:]:
         e = np.eye(ctx.space.n)[i]
-        cands = [ctx.space.candidate(list((1 - c) * current + c * e), None if not ctx.space.search_density else
-                                     ctx.space.x0()[-ctx.space.n:], origin=f"heuristic-coefficient:+{ctx.space.label(i)}@{c:g}")
+        cands = [ctx.space.candidate(list((1 - c) * current + c * e),
+                                     origin=f"heuristic-coefficient:+{ctx.space.label(i)}@{c:g}")
                  for c in grid]
         recs = ctx.score(cands)
         best = recs[_by_fitness(recs)[0]]
@@ -155,56 +158,178 @@ class _WeightVectors:
         return float(a @ b / (na * nb)) if na > 0 and nb > 0 else 0.0
 
 
-# ------------------------------------------------------------------ CMA-ES
+# ------------------------------------------------------------------ small-budget machinery
+#
+# Fine-tuned skills often need (near) full weight on their task vector, and an average
+# divides each by n: a search that starts at the uniform merge and moves in small steps
+# rarely gets there within a few dozen evaluations. So the CMA-ES and Pareto strategies
+#   1. score every single model (the floor: the search never returns less),
+#   2. screen structured starts in every method of the portfolio (sum of task vectors,
+#      the two or three best at full weight, ...) plus random points, by successive
+#      halving over subsets of the validation examples (`ctx.rungs`),
+#   3. run CMA-ES from the best start, each generation screened on the smallest subset
+#      and its best quarter promoted to the full split, and restart from the next
+#      method's best start when a run stalls, until the budget is spent.
 
-def _run_cma(ctx: SearchContext, fitness: Callable[[Record], float], mean: np.ndarray, seed: int, tag: str,
-             sub_budget: int | None = None) -> None:
-    """One CMA-ES run (maximising `fitness`) until it converges or its budget is spent."""
+SCREEN_SHARE = 0.4  # of the budget left after the singles, spent on screening starts
+RANDOM_STARTS = 3  # random points per method among the screened starts
+PATIENCE = 4  # CMA-ES generations without a new best on the full split before a restart
+
+
+def _floor(ctx: SearchContext) -> dict[str, list[Record]]:
+    """Every single model, scored on the full split; per method, aligned with its members."""
+    out = {}
+    for method, space in ctx.spaces.items():
+        out[method] = ctx.score([space.single(i) for i in range(space.n)])
+    return out
+
+
+def _structured_starts(space, order: list[int], rng: np.random.Generator) -> list:
+    """Starts that reach what averaging cannot: best models at full weight, sums of task
+    vectors; then random points of the box. `order`: members best first."""
+    n, one = space.n, 1.0
+    pick = lambda idx, rest=0.0: [one if i in idx else rest for i in range(n)]  # noqa: E731
+    weights = []
+    if n >= 2:
+        weights.append(("top2", pick(order[:2])))
+    weights.append(("all", pick(range(n))))  # task arithmetic: the sum; normalising methods: the mean
+    if not space.normalizes and n > 2:
+        weights.append(("mean", [1.0 / n] * n))
+    if n >= 2:
+        weights.append(("best+half", pick(order[:1], 0.5)))
+    if n >= 4:
+        weights.append(("top3", pick(order[:3])))
+    cands = [space.candidate(w, origin=f"start:{space.method}:{tag}") for tag, w in weights]
+    lo, hi = space.bounds()[:, 0], space.bounds()[:, 1]
+    cands += [space.decode(rng.uniform(lo, hi), origin=f"start:{space.method}:random{k}") for k in range(RANDOM_STARTS)]
+    return cands
+
+
+def _best_first(records: list[Record], fitness: Callable[[Record], float]) -> list[Record]:
+    ok = [r for r in records if r.candidate.feasible and np.isfinite(r.fitness)]
+    return sorted(ok, key=lambda r: (-fitness(r), r.index))
+
+
+def _halving(ctx: SearchContext, cands: list[Candidate], fitness: Callable[[Record], float]) -> list[Record]:
+    """Successive halving over ctx.rungs: score all on the smallest subset, promote the
+    best 1/eta to the next, ... ; returns the full-split records, best first."""
+    from modelglue.search.context import FIDELITY_ETA
+
+    pool = list({c.key: c for c in cands if c.feasible}.values())
+    for k, fraction in enumerate(ctx.rungs):
+        recs = ctx.score(pool, fraction=fraction)
+        if fraction >= 1:
+            return _best_first(recs, fitness)
+        keep = max(2, math.ceil(len(pool) / FIDELITY_ETA))
+        pool = [r.candidate for r in _best_first(recs, fitness)[:keep]]
+    return []
+
+
+def _screen_cost(ctx: SearchContext) -> float:
+    """Budget one start costs in successive halving, on average."""
+    from modelglue.search.context import FIDELITY_ETA
+
+    return sum(f / FIDELITY_ETA ** k for k, f in enumerate(ctx.rungs))
+
+
+def _starts(ctx: SearchContext, floor: dict[str, list[Record]], fitness: Callable[[Record], float]) -> list[Record]:
+    """Screen the starts of every method (`--init`); the full-split records, best first."""
+    init = ctx.options.get("init") or "screen"
+    rng = np.random.default_rng(ctx.seed)
+    per_method = []
+    for method, space in ctx.spaces.items():
+        order = [i for i in sorted(range(space.n), key=lambda i: (-fitness(floor[method][i]), i))]
+        if init == "screen":
+            per_method.append(_structured_starts(space, order, rng))
+        elif init == "uniform":
+            per_method.append([space.uniform()])
+        elif init == "best-single":
+            w = [1.0 if i == order[0] else 0.25 for i in range(space.n)]
+            per_method.append([space.candidate(w, origin=f"start:{method}:best-single")])
+        else:
+            raise ModelGlueError("--init must be screen, uniform, best-single or heuristic")
+    # interleaved (each method's first start, then each one's second, ...), so a budget
+    # that affords few starts still tries every method
+    cands = [c for rank in zip(*[p + [None] * (max(map(len, per_method)) - len(p)) for p in per_method])
+             for c in rank if c is not None]
+    affordable = max(len(ctx.spaces), int(SCREEN_SHARE * ctx.remaining / _screen_cost(ctx)))
+    return _halving(ctx, cands[:affordable], fitness) if init == "screen" else \
+        _best_first(ctx.score(cands), fitness)
+
+
+def _run_cma(ctx: SearchContext, fitness: Callable[[Record], float], start: Record | Candidate, seed: int,
+             tag: str, sub_budget: float | None = None) -> None:
+    """One CMA-ES run in the space of `start`'s method (maximising `fitness`) until it
+    converges, stalls for PATIENCE generations, or its budget is spent. With subsets,
+    each generation is ranked on the smallest and its best quarter promoted."""
     from cmaes import CMA
 
-    space = ctx.space
-    sigma = float(ctx.options.get("sigma") or 0.3 * space.max_weight)
-    popsize = ctx.options.get("popsize")
+    cand = start.candidate if isinstance(start, Record) else start
+    space = ctx.spaces[cand.method]
     bounds = space.bounds()
-    # CMA needs a mean strictly inside the box
-    mean = np.clip(mean, bounds[:, 0] + 1e-6, bounds[:, 1] - 1e-6)
-    cma = CMA(mean=mean, sigma=sigma, bounds=bounds, seed=seed, population_size=popsize)
-    start, stale, gen = ctx.used, 0, 0
+    mean = np.clip(space.encode(cand), bounds[:, 0] + 1e-6, bounds[:, 1] - 1e-6)  # CMA needs a mean strictly inside
+    sigma = float(ctx.options.get("sigma") or 0.25 * float(np.mean(bounds[:, 1] - bounds[:, 0])))
+    cma = CMA(mean=mean, sigma=sigma, bounds=bounds, seed=seed, population_size=ctx.options.get("popsize"))
+    low = ctx.rungs[0]
+    promote = max(1, cma.population_size // 4)
+    begin, stale, gen, since_best = ctx.used, 0, 0, 0
+    best = max((fitness(r) for r in ctx.history if r.candidate.method == space.method and np.isfinite(r.fitness)),
+               default=-np.inf)
     while not cma.should_stop():
+        if sub_budget is not None and ctx.used >= begin + sub_budget:
+            return
         xs = [cma.ask() for _ in range(cma.population_size)]
         cands = [space.decode(x, origin=f"{tag}:g{gen}") for x in xs]
-        if sub_budget is not None and ctx.used >= start + sub_budget:
-            return
         before = ctx.used
-        recs = ctx.score(cands)  # raises BudgetExhausted when the whole budget is spent
+        recs = ctx.score(cands, fraction=low)  # raises BudgetExhausted when the whole budget is spent
         cma.tell([(x, -fitness(r) if np.isfinite(r.fitness) else INFEASIBLE) for x, r in zip(xs, recs)])
+        full = recs if low >= 1 else ctx.score([r.candidate for r in _best_first(recs, fitness)[:promote]])
+        top = max((fitness(r) for r in full if np.isfinite(r.fitness)), default=-np.inf)
+        since_best = 0 if top > best else since_best + 1
+        best = max(best, top)
         # rounding can make a converged population all repeats: stop rather than spin
         stale = stale + 1 if ctx.used == before else 0
-        if stale >= 3:
+        if stale >= 3 or since_best >= PATIENCE:
             return
         gen += 1
 
 
+def _method_leaders(ctx: SearchContext, fitness: Callable[[Record], float]) -> list[Record]:
+    """Each method's best merge, best method first: methods scored on the full split by
+    that score, then those only screened on subsets, by their best subset score."""
+    leaders: dict[str, Record] = {}
+    for pool in (ctx.history, ctx.screened):
+        for r in _best_first([r for r in pool if not r.candidate.is_single], fitness):
+            leaders.setdefault(r.candidate.method, r)
+    return sorted(leaders.values(), key=lambda r: (-r.fraction, -fitness(r), r.index))
+
+
 def cmaes(ctx: SearchContext) -> None:
-    """CMA-ES on the validation fitness, starting from the uniform merge (scored first)."""
-    space = ctx.space
-    init = ctx.options.get("init", "uniform")
-    if init == "uniform":
-        mean = space.x0()
-    elif init == "best-single":
-        singles = _singles(ctx)
-        mean = space.encode(singles[_by_fitness(singles)[0]].candidate) * 0.6 + space.x0() * 0.4
-    elif init == "heuristic":
+    """Method selection and CMA-ES on the validation fitness (see the machinery above):
+    singles, screened starts per method, then CMA-ES runs from each method's best start
+    in turn, best method first, until the budget is spent."""
+    fit = lambda r: r.fitness  # noqa: E731
+    if ctx.options.get("init") == "heuristic":
         # Model-GLUE's greedy average first (its candidates count against the budget),
         # then CMA-ES around its pick: the result is never worse than the heuristic's
         heuristic_average(ctx)
         assert ctx.chosen is not None
-        mean = space.encode(ctx.chosen.candidate) * 0.7 + space.x0() * 0.3
+        first = ctx.chosen.candidate if not ctx.chosen.candidate.is_single else ctx.space.uniform()
         ctx.chosen = None  # the best of everything scored wins
+        ctx.score([first])
+        _run_cma(ctx, fit, first, ctx.seed, "cmaes")
+        restarts = [first]
     else:
-        raise ModelGlueError("--init must be uniform, best-single or heuristic")
-    ctx.score([space.decode(mean, origin="cmaes:init")])
-    _run_cma(ctx, lambda r: r.fitness, mean, ctx.seed, "cmaes")
+        _starts(ctx, _floor(ctx), fit)
+        restarts = []
+    for k in range(1, 100):  # restarts; the budget ends them (BudgetExhausted)
+        leaders = _method_leaders(ctx, fit)
+        if not leaders:
+            return
+        before = ctx.used
+        _run_cma(ctx, fit, leaders[(k - 1) % len(leaders)], ctx.seed + k, f"cmaes:r{k}")
+        if ctx.used == before and k >= len(leaders):
+            return  # every method has converged: nothing new left to propose
 
 
 # ------------------------------------------------------------------ Pareto
@@ -223,24 +348,23 @@ def _sweep_weights(n_tasks: int, points: int, seed: int) -> list[np.ndarray]:
 
 
 def pareto(ctx: SearchContext) -> None:
-    """Scalarisation sweep: score the uniform merge and each single model, then for each
-    task-weighting run a short CMA-ES warm-started from the best candidate so far under
-    that weighting. The front is taken over every candidate scored."""
-    space, obj = ctx.space, ctx.objective
+    """Scalarisation sweep: the single models, the uniform merge and the screened starts
+    of every method anchor the front; then for each task-weighting a short CMA-ES run
+    from the best merge so far under that weighting, in its method. The front is taken
+    over every candidate scored on the full split."""
+    obj = ctx.objective
     points = int(ctx.options.get("points") or 5)
     sweep = _sweep_weights(len(obj.tasks), points, ctx.seed)
-    # The single models and the uniform merge anchor the front (a specialist is often
-    # the extreme point of its own task) and give each weighting a good start.
-    ctx.score([space.uniform()] + [space.single(i) for i in range(space.n)])
-    per_point = max(1, ctx.remaining // len(sweep))
+    floor = _floor(ctx)
+    ctx.score([ctx.space.uniform()])
+    _starts(ctx, floor, lambda r: r.fitness)
+    per_point = max(1.0, ctx.remaining / len(sweep))
     for k, lam in enumerate(sweep):
         weights = dict(zip(obj.tasks, lam))
-        fit = lambda r, w=weights: obj(r.scores, w) if r.candidate.feasible else float("-inf")  # noqa: E731
-        # warm start: the best candidate so far under this weighting, pulled a little towards
-        # the centre so CMA-ES does not start on the box's boundary
-        best = max(ctx.history, key=lambda r: (fit(r), -r.index))
-        mean = 0.8 * space.encode(best.candidate) + 0.2 * space.x0()
-        _run_cma(ctx, fit, mean, ctx.seed + k, f"pareto:w{k}", sub_budget=per_point)
+        fit = lambda r, w=weights: obj(r.scores, w) if r.candidate.feasible and r.scores else float("-inf")  # noqa: E731
+        leaders = _method_leaders(ctx, fit)
+        start = leaders[0] if leaders else ctx.space.uniform()
+        _run_cma(ctx, fit, start, ctx.seed + k, f"pareto:w{k}", sub_budget=per_point)
 
 
 def nondominated(records: list[Record], tasks: list[str]) -> list[Record]:
