@@ -40,6 +40,31 @@ def test_glue_quick_report_and_final_model(glued):
     assert 0.0 <= final["test_mean"] <= 1.0 and set(final["test"]) == set(results["tasks"])
 
 
+def test_glue_ablation_rows_and_never_a_merge_below_its_best_member(glued):
+    cfg, results = glued
+    singles = {e["name"]: e for e in results["entries"] if e["kind"] == "single"}
+    rows = results["ablation"]["clusters"]
+    assert [r["cluster"] for r in rows] == [f"cluster{k}" for k in range(len(results["clusters"]))]
+    for r, members in zip(rows, results["clusters"]):
+        best = max((singles[Path(m).name] for m in members), key=lambda e: e["validation_mean"])
+        assert r["best_member"] == best["name"] and r["best_member_test"] == pytest.approx(best["test_mean"])
+        assert r["cluster_model_validation"] >= r["best_member_validation"]
+        assert r["delta_test"] == pytest.approx(r["cluster_model_test"] - r["best_member_test"])
+        assert 0 < r["nonzero_share"] <= 1 and (r["merged"] or r["nonzero_models"] == 1)
+    mix = results["ablation"]["mixture"]
+    final = next(e for e in results["entries"] if e["kind"] == "model-glue")
+    assert mix["of_cluster_models_test"] == pytest.approx(final["test_mean"])
+    assert mix["merging_adds_test"] == pytest.approx(mix["of_cluster_models_test"] - mix["of_best_members_test"])
+    html = (cfg.out_dir / "report.html").read_text()
+    assert "What merging added" in html and "Merging added" in html
+    # the Pareto search of the largest cluster: its plot is in the report, its front non-dominated
+    pareto = results["pareto"]
+    assert pareto is not None and len(pareto["tasks"]) == 2 and "Pareto front" in html
+    t0, t1 = pareto["tasks"]
+    pts = [(p["validation"][t0], p["validation"][t1]) for p in pareto["front"]]
+    assert pts and not any(a[0] >= b[0] and a[1] >= b[1] and a != b for a in pts for b in pts)
+
+
 def test_glue_final_model_beats_merge_everything(glued):
     _, results = glued
     by = {e["kind"]: e for e in results["entries"]}
@@ -76,8 +101,12 @@ def test_report_renders_in_a_headless_browser(glued, tmp_path):
     import shutil
     import subprocess
 
+    import os
+
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
+        if os.environ.get("CI"):  # CI must look at the report: .ci/run installs chromium
+            pytest.fail("chromium is not installed, and CI must run the browser check (.ci/run installs it)")
         pytest.skip("chromium is not installed (apt-get install chromium)")
     cfg, _ = glued
     shot = tmp_path / "report.png"
