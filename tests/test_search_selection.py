@@ -98,3 +98,16 @@ def test_subset_scores_use_the_first_fraction_of_each_task(tmp_path):
     quarter = scorer.tasks_for("validation@0.25")[0].examples
     assert len(whole) == 40 and quarter == whole[:10]
     assert scorer.smallest_subset() == pytest.approx(16 / 40)
+
+
+def test_without_base_the_most_central_model_is_the_base(fam, tmp_path):
+    """A user who lists a family without --base still gets the task-vector methods: the
+    base of a family of fine-tunes is the model in the middle of them."""
+    base, f0, f1, f2 = fam
+    targets = {"t1": {f0: 1.0, f1: 1.0, base: -1.0}}
+    res = search([f2, f0, base, f1], None, tmp_path / "o", scorer=WeightDistanceScorer(targets), strategy="cmaes",
+                 budget=12, progress=False)
+    assert "task_arithmetic" in res.methods and res.notes and "base" in res.notes[0]
+    data = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert Path(data["base"]) == base.resolve()
+    assert "no --base given: base" in (tmp_path / "o" / "summary.txt").read_text()

@@ -60,7 +60,7 @@ def write_outputs(result: "SearchResult", space: "SearchSpace") -> None:
         "best_method": best.candidate.method if not best.candidate.is_single else None,
         "single_model_wins": best.candidate.is_single, "verdict": result.verdict, "seed": cfg.seed,
         "budget_used": round(result.budget_used, 4), "full_evaluations": len(result.history),
-        "subset_evaluations": len(result.screened),
+        "subset_evaluations": len(result.screened), "notes": result.notes,
         "tasks": result.tasks, "task_weights": cfg.task_weights, "models": [space.label(i) for i in range(space.n)],
         "model_paths": space.members, "base": space.base_path, "scored_by_this_run": result.scored_now,
         "seconds": round(result.seconds, 2),
@@ -103,7 +103,7 @@ def summary_table(result: "SearchResult", space: "SearchSpace") -> str:
     fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
     lines = [fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in body]
     sub = f" + {len(result.screened)} on validation subsets" if result.screened else ""
-    lines += ["", f"best: {result.best.candidate.describe()}",
+    lines += [""] + [f"note: {n}" for n in result.notes] + [f"best: {result.best.candidate.describe()}",
               result.verdict,
               f"({len(result.history)} full evaluations{sub}, budget used {result.budget_used:.1f}, "
               f"{result.scored_now} scored by this run, {result.seconds:.1f}s; methods: {', '.join(result.methods)})"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -97,6 +97,7 @@ class SearchResult:
     screened: list[Record] = field(default_factory=list)  # subset scores (multi-fidelity)
     methods: list[str] = field(default_factory=list)  # the portfolio searched
     budget_used: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what the search decided for the user (an inferred base, ...)
     summary: str = ""
 
     @property
@@ -124,6 +125,12 @@ def run_search(config: SearchConfig, scorer: Any = None) -> SearchResult:
     budget = config.budget if config.budget is not None else DEFAULT_BUDGET[config.strategy]
     if budget < 1:
         raise ModelGlueError("--budget must be at least 1")
+    notes: list[str] = []
+    if config.method == "auto" and config.base is None:
+        config = replace(config, base=_central_model(config.models))
+        if config.base is not None:
+            notes.append(f"no --base given: {Path(config.base).name}, the most central model of the family, "
+                         "is the base of the task-vector methods")
     methods = portfolio(config.method, config.base is not None)
     spaces = {m: SearchSpace(config.models, method=m, base=config.base, layer_groups=config.layer_groups,
                              search_density=config.search_density if m == config.method else None,
@@ -188,9 +195,24 @@ def run_search(config: SearchConfig, scorer: Any = None) -> SearchResult:
         backend.close()
         journal.close()
     result = SearchResult(config, tasks, best, best_test, list(ctx.history), front, list(front_test), baselines,
-                          ctx.scored_now, out, time.perf_counter() - start, list(ctx.screened), methods, ctx.used)
+                          ctx.scored_now, out, time.perf_counter() - start, list(ctx.screened), methods, ctx.used,
+                          notes)
     write_outputs(result, space)
     return result
+
+
+def _central_model(models: Sequence[str | Path]) -> str | None:
+    """The base of a family of fine-tunes, when none is given: the model with the highest
+    mean weight cosine to the others (the base sits in the middle of its fine-tunes).
+    None when the models are not one weight-compatible family."""
+    from modelglue.zoo import analyze_zoo
+
+    if len(models) < 3:
+        return None  # of two models neither is more central
+    analysis = analyze_zoo([str(m) for m in models], plots=False)
+    if len(analysis.groups) != 1 or analysis.similarity[0] is None:
+        return None
+    return analysis.paths[analysis.similarity[0].most_central()]
 
 
 def search(models: Sequence[str | Path], tasks: str | Sequence[str] | None, out_dir: str | Path, *,
