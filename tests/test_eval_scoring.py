@@ -113,3 +113,40 @@ def test_cli_eval_table_json_and_errors(tiny_zoo, tmp_path, cache_home):
         res = runner.invoke(main, ["eval", *args])
         assert res.exit_code == 2 and f"error: " in res.output and msg in res.output, (args, res.output)
         assert "Traceback" not in res.output
+
+
+def test_cli_eval_scores_every_line_of_an_unmarked_file(tiny_zoo, tmp_path, cache_home):
+    """A file without split markers is scored whole (as every evaluator scores the file
+    it is given); --split, or a file that marks its splits, picks one split."""
+    from modelglue.evaluate import builtin_task, unmarked_split
+
+    rows = builtin_task("rev", "validation").examples[:12] + builtin_task("rev", "test").examples[:18]
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("".join(json.dumps({"prompt": r["prompt"], "answer": r["answer"]}) + "\n" for r in rows))
+    runner = CliRunner()
+    out = tmp_path / "r.json"
+    res = runner.invoke(main, ["eval", str(tiny_zoo / "a_rev"), "--tasks", str(mine), "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["details"]["mine"]["n"] == 30
+    whole = data["scores"]["mine"]
+    # the score is that of all 30 lines: the two hash halves, weighted by their sizes
+    halves = {}
+    for split in ("validation", "test"):
+        res = runner.invoke(main, ["eval", str(tiny_zoo / "a_rev"), "--tasks", str(mine), "--split", split,
+                                   "--json", str(out)])
+        d = json.loads(out.read_text())
+        halves[split] = (d["details"]["mine"]["n"], d["scores"]["mine"])
+    (nv, sv), (nt, st) = halves["validation"], halves["test"]
+    assert nv + nt == 30 and 0 < nt < 30
+    assert whole * 30 == pytest.approx(sv * nv + st * nt)
+    assert "no split markers" in unmarked_split(mine) and f"sends {nv} lines to validation" in unmarked_split(mine)
+    # a file with a "split" field on its lines keeps its splits
+    marked = tmp_path / "marked.jsonl"
+    marked.write_text("".join(json.dumps({"prompt": r["prompt"], "answer": r["answer"],
+                                          "split": "test" if i % 3 else "validation"}) + "\n"
+                              for i, r in enumerate(rows)))
+    assert unmarked_split(marked) is None
+    res = runner.invoke(main, ["eval", str(tiny_zoo / "a_rev"), "--tasks", str(marked), "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["details"]["marked"]["n"] == 20

@@ -144,7 +144,9 @@ def build_demo_cmd(out_dir: Path, scale: str, seed: int, threads: int, force: bo
 @click.argument("model_dir", type=click.Path(path_type=Path), required=False)
 @click.option("--tasks", default="all", show_default=True,
               help="Comma list: built-in names (add, rev, ...), all, FILE.jsonl, lm_eval:NAME.")
-@click.option("--split", type=click.Choice(["validation", "test"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(["validation", "test"]), default=None,
+              help="Split of the built-in tasks and of task files that mark their splits (default: test). "
+                   "A task file without split markers is scored whole unless --split is given.")
 @click.option("--limit", type=int, default=None, help="First N examples of each task.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write results as JSON.")
@@ -152,7 +154,7 @@ def build_demo_cmd(out_dir: Path, scale: str, seed: int, threads: int, force: bo
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
 @click.option("--export-lm-eval", "export_dir", type=click.Path(path_type=Path), default=None,
               help="Write the tasks as lm-eval-harness YAMLs into DIR (MODEL_DIR optional).")
-def eval_cmd(model_dir: Path | None, tasks: str, split: str, limit: int | None, batch_size: int,
+def eval_cmd(model_dir: Path | None, tasks: str, split: str | None, limit: int | None, batch_size: int,
              json_out: Path | None, no_cache: bool, threads: int | None, export_dir: Path | None) -> None:
     """Score MODEL_DIR on tasks: greedy exact match (or log-likelihood for multiple choice)."""
     import json as _json
@@ -173,9 +175,12 @@ def eval_cmd(model_dir: Path | None, tasks: str, split: str, limit: int | None, 
         import torch
 
         torch.set_num_threads(threads)
-    from modelglue.evaluate import evaluate_dir
+    from modelglue.evaluate import evaluate_dir, whole_file_tasks
 
-    res = evaluate_dir(model_dir, tasks, split=split, limit=limit, batch_size=batch_size, use_cache=not no_cache)
+    # every line of a file that does not mark its splits, as any evaluator scores the file it is given
+    spec = tasks if split is not None else whole_file_tasks(tasks)
+    res = evaluate_dir(model_dir, spec, split=split or "test", limit=limit, batch_size=batch_size,
+                       use_cache=not no_cache)
     width = max([len(t) for t in res["scores"]] + [4])
     click.echo(f"{'task':<{width}}  {'metric':<11}  {'n':>5}  score")
     for name, score in res["scores"].items():

@@ -169,6 +169,12 @@ def run_glue(cfg: GlueConfig, *, quiet: bool = False) -> dict:
     tasks = cfg.tasks
     score = lambda path, split: _scores(evaluate_dir(path, tasks, split=split, limit=cfg.limit if split == "validation" else cfg.test_limit))  # noqa: E731
 
+    from modelglue.evaluate import unmarked_split
+
+    for t in tasks:
+        if t.endswith(".jsonl") and (how := unmarked_split(t)):
+            log(how)
+
     # 1. analysis
     log(f"analyzing {len(cfg.models)} models")
     analysis = analyze_zoo([str(m) for m in cfg.models], base=str(cfg.base) if cfg.base else None,

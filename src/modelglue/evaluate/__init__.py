@@ -10,7 +10,7 @@ from modelglue.evaluate.core import (cache_dir, evaluate, evaluate_dir, load_mod
                                      score_task)
 from modelglue.evaluate.generate import choice_loglikelihoods, greedy_generate
 from modelglue.evaluate.tasks import (BUILTIN_TASKS, SPLITS, Task, builtin_task, load_jsonl_task, load_tasks,
-                                      sample_train)
+                                      sample_train, unmarked_split, whole_file_tasks)
 
 
 def export_lm_eval_tasks(out_dir, tasks=None) -> list[str]:
@@ -20,6 +20,6 @@ def export_lm_eval_tasks(out_dir, tasks=None) -> list[str]:
     return _export(out_dir, tasks=tasks)
 
 
-__all__ = ["BUILTIN_TASKS", "SPLITS", "Task", "builtin_task", "cache_dir", "choice_loglikelihoods",
+__all__ = ["BUILTIN_TASKS", "SPLITS", "Task", "builtin_task", "unmarked_split", "whole_file_tasks", "cache_dir", "choice_loglikelihoods",
            "evaluate", "evaluate_dir", "export_lm_eval_tasks", "greedy_generate", "load_jsonl_task",
            "load_model", "load_tasks", "model_fingerprint", "sample_train", "score_task"]

@@ -223,6 +223,41 @@ def _hash_split(prompt: str) -> str:
     return SPLITS[zlib.crc32(prompt.encode()) % 2]
 
 
+def is_task_file(item: str) -> bool:
+    return item.endswith(".jsonl") or "/" in item or Path(item).is_file()
+
+
+def unmarked_split(path: str | Path) -> str | None:
+    """For a JSONL task file without split markers (no NAME.validation/test.jsonl pair,
+    no "split" field on any line): one line saying how search and glue split it. None
+    for a file that marks its splits."""
+    path = Path(path)
+    if split_files(path) is not None or not path.is_file():
+        return None
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # the task loader reports what is wrong with the file, with its line
+    if any(not isinstance(r, dict) or not isinstance(r.get("prompt"), str) or r.get("split") is not None
+           for r in rows):
+        return None
+    n_val = sum(1 for r in rows if _hash_split(r["prompt"]) == "validation")
+    return (f"{path.name} has no split markers: a stable hash of each prompt sends {n_val} lines to validation "
+            f"(searched) and {len(rows) - n_val} to test (reported)")
+
+
+def whole_file_tasks(spec: str) -> list[str | Task]:
+    """The spec with every unmarked JSONL file replaced by a task of all its lines (what
+    `modelglue eval FILE.jsonl` scores, as every evaluator does); the rest unchanged."""
+    out: list[str | Task] = []
+    for item in (i.strip() for i in spec.split(",")):
+        if item and not item.startswith("lm_eval:") and is_task_file(item) and unmarked_split(item) is not None:
+            out.append(load_jsonl_task(item, None))
+        elif item:
+            out.append(item)
+    return out
+
+
 def load_tasks(spec: str | list[str] | Task | list[Task], split: str = "validation") -> list[Task]:
     """Resolve a task spec: "all", built-in names, JSONL paths (comma separated or a
     list), or Task objects (passed through). `lm_eval:NAME` entries are not resolved
@@ -238,7 +273,7 @@ def load_tasks(spec: str | list[str] | Task | list[Task], split: str = "validati
             continue
         if item == "all":
             tasks += [builtin_task(n, split) for n in BUILTIN_TASKS]
-        elif item.endswith(".jsonl") or "/" in item or Path(item).is_file():
+        elif is_task_file(item):
             tasks.append(load_jsonl_task(item, split))
         else:
             tasks.append(builtin_task(item, split))

@@ -146,6 +146,12 @@ def run_search(config: SearchConfig, scorer: Any = None) -> SearchResult:
         scorer = MergeScorer(config.tasks, space.base_path or space.members[0], limit=config.limit,
                              device=config.device, merge_seed=config.seed, threads=config.threads)
     tasks = list(scorer.task_names())
+    if config.tasks:
+        from modelglue.evaluate import unmarked_split
+
+        specs = config.tasks.split(",") if isinstance(config.tasks, str) else list(config.tasks)
+        notes += [n for n in (unmarked_split(t.strip()) for t in specs
+                              if str(t).strip().endswith(".jsonl")) if n]
     objective = Objective(tasks, config.task_weights)
     if config.strategy == "pareto" and len(tasks) < 2:
         raise ModelGlueError("strategy pareto needs at least two tasks")
