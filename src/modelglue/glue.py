@@ -150,6 +150,10 @@ class _Log:
     def __init__(self, quiet: bool):
         self.quiet, self.t0 = quiet, time.perf_counter()
 
+    @property
+    def on(self) -> bool:
+        return not self.quiet
+
     def __call__(self, msg: str) -> None:
         if not self.quiet:
             print(f"[{time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
@@ -204,7 +208,8 @@ def run_glue(cfg: GlueConfig, *, quiet: bool = False) -> dict:
         best = None
         for strategy in cfg.strategies:
             log(f"cluster {k}: {strategy} over {len(members)} models (budget {cfg.budget})")
-            result = _search(members, base, cfg, strategy, out / "clusters" / f"cluster{k}" / f"search-{strategy}")
+            result = _search(members, base, cfg, strategy, out / "clusters" / f"cluster{k}" / f"search-{strategy}",
+                             log=None if quiet else (lambda line, k=k, s=strategy: log(f"cluster {k}: {s}: {line}")))
             log(f"cluster {k}: {strategy}: {result.verdict}")
             searches.append({"cluster": k, "strategy": strategy, "dir": str(result.out_dir),
                              "validation": result.best.fitness, "scored_now": result.scored_now,
@@ -263,12 +268,12 @@ def _scores(res: dict) -> dict[str, float]:
     return {k: float(v) for k, v in res["scores"].items()}
 
 
-def _search(members: list[Path], base: Path, cfg: GlueConfig, strategy: str, out: Path):
+def _search(members: list[Path], base: Path, cfg: GlueConfig, strategy: str, out: Path, log=None):
     from modelglue.search import search
 
     return search([str(m) for m in members], cfg.tasks, out, strategy=strategy, base=str(base), method=cfg.method,
                   budget=cfg.budget, resume=True, seed=cfg.seed, limit=cfg.limit, layer_groups=cfg.layer_groups,
-                  progress=False)
+                  progress=log is not None, log=log)
 
 
 def _merge_once(recipe: dict, out: Path, seed: int) -> Path:
@@ -420,7 +425,7 @@ def _pareto(clusters: list[list[Path]], bases: list[Path], cfg: GlueConfig, out:
 
     res = search([str(m) for m in members], task_spec, out / "clusters" / f"cluster{k}" / "pareto", strategy="pareto",
                  base=str(bases[k]), method=cfg.method, budget=cfg.budget, resume=True, seed=cfg.seed,
-                 limit=cfg.limit, progress=False)
+                 limit=cfg.limit, progress=log.on, log=(lambda line: log(f"pareto: {line}")) if log.on else None)
     return {"cluster": f"cluster{k}", "tasks": pair, "dir": str(res.out_dir), "plot": str(res.out_dir / "pareto.png"),
             "front": [{"validation": v.scores, "test": t.scores if t else {}, "describe": v.candidate.describe(),
                        "method": None if v.candidate.is_single else v.candidate.method,

@@ -12,6 +12,8 @@ enter `history` (what a search returns and reports); subset scores are `screened
 """
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -104,6 +106,10 @@ class SearchContext:
     on_record: Callable[[Record], None] | None = None
     spaces: dict[str, SearchSpace] = field(default_factory=dict)  # method -> space; default {space.method: space}
     rungs: list[float] = field(default_factory=lambda: [1.0])  # fidelities to screen at (fidelity_rungs)
+    # one line of progress (budget, best, elapsed, ETA) at most every `log_every` seconds:
+    # for logs and pipes, where a bar cannot redraw
+    log: Callable[[str], None] | None = None
+    log_every: float = 15.0
 
     def __post_init__(self) -> None:
         self.spaces = self.spaces or {self.space.method: self.space}
@@ -113,8 +119,12 @@ class SearchContext:
         self._cost = 0.0
         self.scored_now = 0  # candidates actually scored by this process (not from the journal)
         self.chosen: Record | None = None  # a strategy's own pick (heuristics); else the best in history
-        self._bar = tqdm(total=self.budget, desc="search", unit="eval", disable=not self.progress, leave=False,
+        bar = self.progress and self.log is None and sys.stderr.isatty()
+        if self.progress and not bar and self.log is None:
+            self.log = lambda line: print(f"search: {line}", file=sys.stderr, flush=True)
+        self._bar = tqdm(total=self.budget, desc="search", unit="eval", disable=not bar, leave=False,
                          bar_format="{l_bar}{bar}| {n:.1f}/{total:g} evals [{elapsed}<{remaining}]")
+        self._t0 = self._last_log = time.perf_counter()
 
     @property
     def used(self) -> float:
@@ -184,12 +194,25 @@ class SearchContext:
                     rec.index = len(self.screened)
                     self.screened.append(rec)
             out.append(rec)
+        self._progress_line()
         if exhausted:
             raise BudgetExhausted
         return out
+
+    def _progress_line(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if self.log is None or (not force and now - self._last_log < self.log_every) or self._cost <= 0:
+            return
+        self._last_log = now
+        elapsed = now - self._t0
+        eta = elapsed / self._cost * max(0.0, self.budget - self._cost)
+        best = max((r.fitness for r in self.history if r.candidate.feasible), default=float("nan"))
+        self.log(f"{self._cost:.1f}/{self.budget:g} evaluations ({len(self.history)} full, {len(self.screened)} "
+                 f"on subsets), best validation {best:.3f}, {elapsed:.0f}s elapsed, about {eta:.0f}s left")
 
     def lookup(self, cand: Candidate, fraction: float = 1.0) -> Record | None:
         return self._seen.get((cand.key, fraction))
 
     def close(self) -> None:
+        self._progress_line(force=True)
         self._bar.close()

@@ -67,6 +67,7 @@ class SearchConfig:
     threads: int | None = 1  # torch threads of the scorer (1: fastest on a shared CPU)
     progress: bool = True
     parameters: dict[str, Any] = field(default_factory=dict)  # extra recipe-level parameters
+    log: Any = None  # callable(str): progress lines (default: a bar on a terminal, lines otherwise)
 
     def identity(self, scorer_desc: dict[str, Any]) -> dict[str, Any]:
         """What must not change between a run and its --resume (budget may grow)."""
@@ -168,7 +169,7 @@ def run_search(config: SearchConfig, scorer: Any = None) -> SearchResult:
                "order": config.similarity_order, "points": config.pareto_points}
     smallest = scorer.smallest_subset() if config.multi_fidelity and hasattr(scorer, "smallest_subset") else 1.0
     ctx = SearchContext(space, scorer, backend, journal, objective, budget, seed=config.seed, options=options,
-                        progress=config.progress, spaces=spaces, rungs=fidelity_rungs(smallest))
+                        progress=config.progress, spaces=spaces, rungs=fidelity_rungs(smallest), log=config.log)
     try:
         try:
             get_strategy(config.strategy)(ctx)
