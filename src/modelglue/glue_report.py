@@ -12,6 +12,10 @@ KIND_LABEL = {
 }
 
 
+KIND_COLOR = {"single": "#9aa5b1", "uniform-merge": "#f0b429", "merge-all": "#de911d", "ffn-moe": "#8e44ad",
+              "cluster-merge": "#2680c2", "model-glue": "#27ab83"}
+
+
 def _atomic_write(path: Path, data: str | bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_bytes(data.encode() if isinstance(data, str) else data)
@@ -25,18 +29,20 @@ def results_chart(results: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.patches import Patch
+
     entries = sorted(results["entries"], key=lambda e: e["test_mean"])
-    colors = {"single": "#9aa5b1", "uniform-merge": "#f0b429", "merge-all": "#de911d", "ffn-moe": "#8e44ad",
-              "cluster-merge": "#2680c2", "model-glue": "#27ab83"}
-    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(entries) + 1.4))
+    fig, ax = plt.subplots(figsize=(8, 0.34 * len(entries) + 1.6))
     ax.barh([e["name"] for e in entries], [e["test_mean"] for e in entries],
-            color=[colors.get(e["kind"], "#888") for e in entries])
-    ax.axvline(results["best_single"]["test_mean"], color="#333", ls="--", lw=1, label="best single model")
+            color=[KIND_COLOR.get(e["kind"], "#888") for e in entries])
+    line = ax.axvline(results["best_single"]["test_mean"], color="#333", ls="--", lw=1)
     for i, e in enumerate(entries):
-        ax.text(e["test_mean"] + 0.005, i, f"{e['test_mean']:.3f}", va="center", fontsize=7)
+        ax.text(e["test_mean"] + 0.005, i, f"{e['test_mean']:.3f}", va="center", fontsize=8)
+    kinds = list(dict.fromkeys(e["kind"] for e in reversed(entries)))
+    ax.legend([Patch(color=KIND_COLOR.get(k, "#888")) for k in kinds] + [line],
+              [KIND_LABEL.get(k, k) for k in kinds] + ["best single model"], loc="lower right", fontsize=8)
     ax.set_xlabel("test mean accuracy")
     ax.set_xlim(0, min(1.0, max(e["test_mean"] for e in entries) + 0.12))
-    ax.legend(loc="lower right", fontsize=8)
     ax.set_title("Model-GLUE against its baselines (test split)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -94,6 +100,23 @@ def _ablation_md(ab: dict) -> str:
     return "\n".join(rows)
 
 
+def _href(path: str, out: Path) -> str | None:
+    """A link from the report to a model directory (relative where it lies under --out)."""
+    if not path:
+        return None
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(out.resolve()).as_posix() + "/"
+    except ValueError:
+        return p.as_uri() + "/"
+
+
+def _recipe_href(path: str, out: Path) -> str | None:
+    if path and (Path(path) / "mergekit_config.yml").is_file():
+        return (_href(path, out) or "") + "mergekit_config.yml"
+    return None
+
+
 def write_report(results: dict, out: Path) -> None:
     """report.md, report.html (self-contained: images inlined) and results.json."""
     import jinja2
@@ -127,8 +150,11 @@ def write_report(results: dict, out: Path) -> None:
         clusters=[{"base": Path(b).name, "members": [Path(p).name for p in c]}
                   for c, b in zip(results["clusters"], results["cluster_bases"])],
         tasks=results["tasks"], kind_label=KIND_LABEL,
-        entries=sorted(results["entries"], key=lambda e: -e["test_mean"]),
+        entries=[{**e, "href": _href(e["path"], out), "recipe": _recipe_href(e["path"], out)}
+                 for e in sorted(results["entries"], key=lambda e: -e["test_mean"])],
         notes=[e for e in results["entries"] if e.get("note")],
-        figures=[{"title": t, "src": img(p)} for t, p in images], seconds=results["seconds"])
+        # the heatmap (one cell per model pair, labelled) and the results chart need the page's width
+        figures=[{"title": t, "src": img(p), "wide": p.name in ("heatmap.png", "results.png")} for t, p in images],
+        seconds=results["seconds"])
     _atomic_write(out / "report.html", page)
     _atomic_write(out / "results.json", json.dumps(results, indent=2) + "\n")
