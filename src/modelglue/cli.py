@@ -378,13 +378,14 @@ def mix_cmd(level: str, experts_flag: bool, expert_dirs: tuple[Path, ...], route
 # ---- the whole pipeline (modelglue.glue) ----------------------------------------------
 
 def _print_results(results: dict, out: Path) -> None:
-    from modelglue.glue_report import _table_md
+    """The report's tables and summary, as report.md has them."""
+    from modelglue.glue_report import ablation_md, summary_lines, table_md
 
-    click.echo(_table_md(results))
-    final, best = results["final"], results["best_single"]
-    click.echo(f"\nModel-GLUE: test mean {final['test_mean']:.3f} vs best single model {best['name']} "
-               f"{best['test_mean']:.3f} ({final['gain_over_best_single']:+.3f}); final model in {out / 'final'}")
-    click.echo(f"report: {out / 'report.html'} (and report.md, results.json)")
+    click.echo(table_md(results))
+    if results.get("ablation"):
+        click.echo("\nWhat merging added (test split):\n" + ablation_md(results["ablation"]))
+    click.echo("\n" + "\n".join(line.replace("**", "") for line in summary_lines(results)))
+    click.echo(f"final model in {out / 'final'}; report: {out / 'report.html'} (and report.md, results.json)")
 
 
 @main.command("glue")

@@ -50,7 +50,7 @@ def results_chart(results: dict, path: Path) -> Path:
     return path
 
 
-def _table_md(results: dict) -> str:
+def table_md(results: dict) -> str:
     tasks = results["tasks"]
     head = "| model | kind | " + " | ".join(tasks) + " | test mean | validation mean |"
     rows = [head, "|" + "---|" * (len(tasks) + 4)]
@@ -74,7 +74,7 @@ def _images(out: Path) -> list[tuple[str, Path]]:
     return [(t, p) for t, p in found if p.is_file()]
 
 
-def _summary_lines(results: dict) -> list[str]:
+def summary_lines(results: dict) -> list[str]:
     final, best = results["final"], results["best_single"]
     lines = [f"Final model **{final['name']}** ({final['path']}): test mean {final['test_mean']:.3f}; best single "
              f"model {best['name']}: {best['test_mean']:.3f} (gain {final['gain_over_best_single']:+.3f})."]
@@ -87,7 +87,7 @@ def _summary_lines(results: dict) -> list[str]:
     return lines
 
 
-def _ablation_md(ab: dict) -> str:
+def ablation_md(ab: dict) -> str:
     rows = ["| cluster | members | best member | its test mean | cluster model | difference | merge | non-zero weights |",
             "|---|---|---|---|---|---|---|---|"]
     for r in ab["clusters"]:
@@ -123,7 +123,7 @@ def write_report(results: dict, out: Path) -> None:
 
     out = Path(out)
     results_chart(results, out / "results.png")
-    summary = _summary_lines(results)
+    summary = summary_lines(results)
     clusters = "\n".join(f"- cluster {i} (base {Path(b).name}): " + ", ".join(Path(p).name for p in c)
                          for i, (c, b) in enumerate(zip(results["clusters"], results["cluster_bases"])))
     notes = "\n".join(f"- {e['name']}: {e['note']}" for e in results["entries"] if e.get("note"))
@@ -131,8 +131,8 @@ def write_report(results: dict, out: Path) -> None:
     ab = results.get("ablation")
     md = "\n\n".join([
         "# Model-GLUE report", *summary, "## Clusters", clusters,
-        *(["## What merging added (test split)", _ablation_md(ab)] if ab else []),
-        "## Results (test split)", _table_md(results),
+        *(["## What merging added (test split)", ablation_md(ab)] if ab else []),
+        "## Results (test split)", table_md(results),
         "## Notes", notes or "-",
         "## Figures", "\n".join(f"![{t}]({p.relative_to(out)})" for t, p in images),
         f"Total time {results['seconds']} s. Full data in results.json.",
