@@ -226,8 +226,11 @@ def _parse_task_weights(text: str | None) -> dict[str, float] | None:
               help="Full-validation evaluations to spend (a candidate screened on a quarter of the examples costs 0.25; "
                    "default per strategy).")
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True)
-@click.option("--ray-address", default=None, help="Ray cluster to join (default: start a local one).")
-@click.option("--workers", type=int, default=2, show_default=True, help="Ray scoring workers (1 CPU each).")
+@click.option("--ray-address", default=None,
+              help="Ray cluster to join: HOST:PORT of `ray start --head`, or auto (default: start a local one).")
+@click.option("--workers", type=int, default=2, show_default=True, help="Ray scoring workers.")
+@click.option("--worker-cpus", type=float, default=1.0, show_default=True, help="CPUs per Ray worker.")
+@click.option("--worker-gpus", type=float, default=0.0, show_default=True, help="GPUs per Ray worker.")
 @click.option("--resume", is_flag=True, help="Continue the search journaled in --out; nothing is scored twice.")
 @click.option("--method", default="auto", show_default=True, help="Merge method, or auto: choose among linear, task_arithmetic, ties, dare_ties, breadcrumbs_ties, della by validation score.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the search (and of dare merges).")
@@ -257,7 +260,8 @@ def _parse_task_weights(text: str | None) -> dict[str, float] | None:
 @click.option("--threads", type=int, default=1, show_default=True, help="torch threads per scorer (0: torch's default).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def search_cmd(models_flag: bool, model_dirs: tuple[Path, ...], base: Path | None, tasks: str, strategy: str,
-               out_dir: Path, budget: int | None, backend: str, ray_address: str | None, workers: int, resume: bool,
+               out_dir: Path, budget: int | None, backend: str, ray_address: str | None, workers: int,
+               worker_cpus: float, worker_gpus: float, resume: bool,
                method: str, seed: int, limit: int | None, save_model: bool, task_weights: str | None,
                layer_groups: int, search_density: bool | None, precision: int, popsize: int | None, sigma: float | None,
                init: str, no_multi_fidelity: bool, grid: str | None, similarity_order: str, pareto_points: int,
@@ -277,7 +281,8 @@ def search_cmd(models_flag: bool, model_dirs: tuple[Path, ...], base: Path | Non
     except ValueError:
         raise ModelGlueError(f"--grid: cannot read {grid!r} (use e.g. 0.1,0.3,0.5)") from None
     cfg = SearchConfig(models=models, tasks=tasks, out_dir=out_dir, strategy=strategy, base=base, method=method,
-                       budget=budget, backend=backend, ray_address=ray_address, workers=workers, resume=resume,
+                       budget=budget, backend=backend, ray_address=ray_address, workers=workers,
+                       worker_cpus=worker_cpus, worker_gpus=worker_gpus, resume=resume,
                        seed=seed, limit=limit, save_model=save_model, task_weights=_parse_task_weights(task_weights),
                        layer_groups=layer_groups, search_density=search_density, precision=precision,
                        popsize=popsize, sigma=sigma, init=init, multi_fidelity=not no_multi_fidelity,

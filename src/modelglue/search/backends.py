@@ -48,10 +48,13 @@ class JobResult:
     scores: dict[str, float]
     seconds: float
     worker: str
+    error: str | None = None  # the candidate failed on every attempt: recorded as failed, not scored
 
 
 class Backend(Protocol):
     name: str
+
+    def check(self, scorer: Any, paths: Sequence[str], device: str) -> None: ...
 
     def run(self, scorer: Any, jobs: Sequence[Job]) -> Iterator[JobResult]: ...
 
@@ -63,6 +66,9 @@ class LocalBackend:
 
     name = "local"
 
+    def check(self, scorer: Any, paths: Sequence[str], device: str) -> None:
+        pass  # the driver has checked the paths itself
+
     def run(self, scorer: Any, jobs: Sequence[Job]) -> Iterator[JobResult]:
         for job in jobs:
             start = time.perf_counter()
@@ -73,83 +79,146 @@ class LocalBackend:
         pass
 
 
-class RayBackend:
-    """Score a batch of candidates in parallel on Ray actors.
+def _lost_worker(exc: BaseException, ray: Any) -> bool:
+    """A worker died (OOM kill, preempted node, ...) rather than the scorer failing."""
+    lost = tuple(getattr(ray.exceptions, n) for n in ("RayActorError", "WorkerCrashedError", "NodeDiedError",
+                                                       "ObjectLostError", "OwnerDiedError") if hasattr(ray.exceptions, n))
+    return isinstance(exc, lost)
 
-    Each actor holds its own copy of the scorer (and so its own resident model), built
-    on its first job; a batch (one CMA-ES generation) is spread over the actors.
-    `address=None` starts a local Ray instance sized to `num_workers` CPUs.
+
+class RayBackend:
+    """Score a batch of candidates in parallel on Ray actors, on a local instance or a cluster.
+
+    Each actor holds its own copy of the scorer (and so its own resident model), built on
+    its first job; a batch (one CMA-ES generation) is spread over the actors. Workers get
+    this package the Ray way (`runtime_env` `py_modules`), so a cluster's nodes need the
+    dependencies (torch, transformers, ...) but not modelglue's source. Fault tolerance:
+    an actor that dies is restarted by Ray (`max_restarts`) and its job goes to the next
+    free worker; a candidate whose scorer raises is retried, and after `max_attempts`
+    failures is returned as failed (journaled with its error). Bad input (a
+    ModelGlueError) stops the search at once. We dispatch with `ray.wait` rather than
+    `ray.util.ActorPool`: the pool cannot requeue a job whose actor died.
     """
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, num_workers: int = 2, cpus_per_worker: float = 1.0):
+    def __init__(self, address: str | None = None, num_workers: int = 2, cpus_per_worker: float = 1.0,
+                 gpus_per_worker: float = 0.0, max_attempts: int = 3, max_restarts: int = 3):
         try:
             import ray
         except ImportError:
             raise ModelGlueError("--backend ray needs Ray: pip install 'modelglue[ray]'") from None
+        if num_workers < 1 or cpus_per_worker <= 0 or gpus_per_worker < 0 or max_attempts < 1:
+            raise ModelGlueError("--workers and --worker-cpus must be positive, --worker-gpus not negative")
         self.ray = ray
-        self.address, self.num_workers, self.cpus = address, max(1, num_workers), cpus_per_worker
+        self.address, self.num_workers = address, num_workers
+        self.cpus, self.gpus = cpus_per_worker, gpus_per_worker
+        self.max_attempts, self.max_restarts = max_attempts, max_restarts
         self._actors: list[Any] = []
-        self._scorer_ref = None
+        self._scorer_ref: Any = None
         self._scorer_id: int | None = None
         self._started_ray = False
 
-    def _start(self, scorer: Any) -> None:
+    def _init(self) -> None:
         ray = self.ray
-        if not ray.is_initialized():
-            kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                                          configure_logging=False)
-            if self.address:
-                kwargs["address"] = self.address
-            else:
-                kwargs["num_cpus"] = max(1, int(self.num_workers * self.cpus))
-            # Workers must import modelglue from the same source tree as the driver.
-            src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-            kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(
-                p for p in (src, os.environ.get("PYTHONPATH", "")) if p), "OMP_NUM_THREADS": "1",
-                "TOKENIZERS_PARALLELISM": "false"}}
-            try:
-                ray.init(**kwargs)
-            except Exception as exc:  # a bad address, a cluster of another version, ...
-                raise ModelGlueError(f"cannot start or reach Ray ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-            self._started_ray = True
-        if self._scorer_id != id(scorer):
-            for a in self._actors:
-                ray.kill(a)
-            worker_cls = ray.remote(num_cpus=self.cpus)(_RayWorker)
-            self._scorer_ref = ray.put(scorer)
-            self._actors = [worker_cls.remote(self._scorer_ref, i) for i in range(self.num_workers)]
-            self._scorer_id = id(scorer)
+        if ray.is_initialized():
+            return
+        import modelglue
+
+        kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                                      configure_logging=False)
+        if self.address:
+            kwargs["address"] = self.address
+        else:
+            kwargs["num_cpus"] = max(1, int(-(-self.num_workers * self.cpus // 1)))
+            if self.gpus:
+                kwargs["num_gpus"] = self.num_workers * self.gpus
+        # the package travels with the job (uploaded once, cached on each node); one torch
+        # thread per CPU the worker was given
+        kwargs["runtime_env"] = {"py_modules": [modelglue], "env_vars": {
+            "OMP_NUM_THREADS": str(max(1, int(self.cpus))), "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1"}}
+        try:
+            ray.init(**kwargs)
+        except Exception as exc:  # a bad address, a cluster of another version, ...
+            raise ModelGlueError(f"cannot start or reach Ray ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        self._started_ray = True
+
+    def _start(self, scorer: Any) -> None:
+        self._init()
+        if self._scorer_id == id(scorer) and self._actors:
+            return
+        ray = self.ray
+        for a in self._actors:
+            ray.kill(a)
+        worker_cls = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=self.max_restarts,
+                                max_task_retries=0)(_RayWorker)
+        # kept referenced: Ray rebuilds a restarted actor from this very object
+        self._scorer_ref = ray.put(scorer)
+        self._actors = [worker_cls.remote(self._scorer_ref, i, self.cpus) for i in range(self.num_workers)]
+        self._scorer_id = id(scorer)
+
+    def check(self, scorer: Any, paths: Sequence[str], device: str) -> None:
+        """Before the first candidate: every worker can read every model path and has the
+        device it was asked for; else one line naming the worker, its node and the problem."""
+        self._start(scorer)
+        ray = self.ray
+        try:
+            reports = ray.get([a.check.remote(list(paths), device) for a in self._actors], timeout=600)
+        except Exception as exc:
+            raise ModelGlueError(f"a Ray worker could not start: {type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        for node, problem in reports:
+            if problem:
+                raise ModelGlueError(f"Ray worker on node {node}: {problem}")
 
     def run(self, scorer: Any, jobs: Sequence[Job]) -> Iterator[JobResult]:
         if not jobs:
             return
         self._start(scorer)
         ray = self.ray
-        pending: dict[Any, Job] = {}
         queue = list(jobs)
-        idle = list(self._actors)
-        busy: dict[Any, Any] = {}
+        attempts: dict[str, int] = {}
+        errors: dict[str, str] = {}
+        lost = [0] * len(self._actors)  # deaths per actor: past max_restarts Ray gives up on it
+        idle = list(range(len(self._actors)))
+        pending: dict[Any, tuple[Job, int]] = {}  # ref -> (job, actor index)
         while queue or pending:
             while queue and idle:
-                actor = idle.pop(0)
+                i = idle.pop(0)
                 job = queue.pop(0)
-                ref = actor.score.remote(job.recipe, job.split)
-                pending[ref] = job
-                busy[ref] = actor
+                pending[self._actors[i].score.remote(job.recipe, job.split)] = (job, i)
             done, _ = ray.wait(list(pending), num_returns=1)
-            ref = done[0]
-            job = pending.pop(ref)
-            idle.append(busy.pop(ref))
+            job, i = pending.pop(done[0])
             try:
-                scores, seconds, worker = ray.get(ref)
+                scores, seconds, worker = ray.get(done[0])
             except Exception as exc:
                 cause = getattr(exc, "cause", None) or exc
                 if isinstance(cause, ModelGlueError):
                     raise ModelGlueError(str(cause)) from None
-                raise ModelGlueError(f"a Ray worker failed: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}") from None
+                attempts[job.key] = attempts.get(job.key, 0) + 1
+                dead = _lost_worker(exc, ray)
+                lost[i] += dead
+                if lost[i] <= self.max_restarts:
+                    # Ray restarts a dead actor and its next call waits for it; it goes to
+                    # the back, so the retried job (front of the queue) takes another free worker
+                    idle.append(i)
+                elif not idle and not pending:
+                    raise ModelGlueError(f"all Ray workers were lost (each more than {self.max_restarts} times)")
+                what = "its worker was lost" if dead else f"{type(cause).__name__}: {cause}"
+                errors[job.key] = str(what).splitlines()[0] if str(what) else type(cause).__name__
+                if attempts[job.key] < self.max_attempts:
+                    queue.insert(0, job)  # to the next free worker
+                else:
+                    yield JobResult(job, {}, 0.0, f"ray-{i}", error=f"failed {self.max_attempts} times: "
+                                                                  f"{errors[job.key]}")
+                continue
+            idle.append(i)
             yield JobResult(job, scores, seconds, worker)
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the workers (for tests that kill one)."""
+        return self.ray.get([a.pid.remote() for a in self._actors])
 
     def close(self) -> None:
         for a in self._actors:
@@ -165,10 +234,10 @@ class RayBackend:
 class _RayWorker:
     """A Ray actor holding one scorer (and, once used, its resident model)."""
 
-    def __init__(self, scorer: Any, index: int):
+    def __init__(self, scorer: Any, index: int, cpus: float = 1.0):
         import torch
 
-        torch.set_num_threads(1)  # one CPU per worker: leave the others to the other workers
+        torch.set_num_threads(max(1, int(cpus)))  # leave the other CPUs to the other workers
         self.scorer, self.name = scorer, f"ray-{index}"
 
     def score(self, recipe: dict[str, Any], split: str) -> tuple[dict[str, float], float, str]:
@@ -176,12 +245,32 @@ class _RayWorker:
         scores = self.scorer(recipe, split)
         return scores, time.perf_counter() - start, self.name
 
+    def check(self, paths: list[str], device: str) -> tuple[str, str | None]:
+        import socket
 
-def make_backend(name: str, address: str | None = None, num_workers: int = 2) -> Backend:
+        node = socket.gethostname()
+        for p in paths:
+            if not os.path.isdir(p) or not os.access(p, os.R_OK):
+                return node, f"cannot read model directory {p} (use shared storage or the same path on every node)"
+            if not os.path.isfile(os.path.join(p, "config.json")):
+                return node, f"{p} has no config.json"
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                return node, f"no CUDA device for --device {device} (ask for GPUs with --worker-gpus)"
+        return node, None
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def make_backend(name: str, address: str | None = None, num_workers: int = 2, cpus_per_worker: float = 1.0,
+                 gpus_per_worker: float = 0.0) -> Backend:
     if name == "local":
         if address:
             raise ModelGlueError("--ray-address needs --backend ray")
         return LocalBackend()
     if name == "ray":
-        return RayBackend(address, num_workers)
+        return RayBackend(address, num_workers, cpus_per_worker, gpus_per_worker)
     raise ModelGlueError(f"unknown --backend {name!r} (use local or ray)")

@@ -83,11 +83,12 @@ class Record:
     cached: bool = False  # taken from the journal, not scored by this call
     index: int = -1  # order of first proposal in this search (validation records only)
     fraction: float = 1.0  # share of the split's examples it was scored on
+    error: str | None = None  # failed on every attempt (fitness -inf)
 
     def to_json(self) -> dict[str, Any]:
         c = self.candidate
         return {"index": self.index, "key": c.key, "origin": c.origin, "split": self.split, "feasible": c.feasible,
-                "fraction": self.fraction,
+                "fraction": self.fraction, "error": self.error,
                 **c.params(), "nonzero_models": c.nonzero(), "scores": self.scores, "fitness": self.fitness,
                 "seconds": round(self.seconds, 4)}
 
@@ -163,17 +164,19 @@ class SearchContext:
             if not cand.feasible:
                 found[cand.key] = Record(cand, sub, {}, float("-inf"), fraction=fraction)
             elif row is not None:
-                found[cand.key] = Record(cand, sub, row.scores, self.objective(row.scores), row.seconds, cached=True,
-                                         fraction=fraction)
+                fit = float("-inf") if row.error else self.objective(row.scores)
+                found[cand.key] = Record(cand, sub, row.scores, fit, row.seconds, cached=True, fraction=fraction,
+                                         error=row.error)
             else:
                 todo[cand.key] = cand
         jobs = [Job(c.key, sub, c.recipe) for c in todo.values()]
         for res in self.backend.run(self.scorer, jobs):  # completion order: journal at once
             cand = todo[res.job.key]
             self.journal.put(cand.key, sub, cand.recipe, cand.params(), res.scores, res.seconds, cand.origin,
-                             res.worker)
+                             res.worker, res.error)
             self.scored_now += 1
-            found[cand.key] = Record(cand, sub, res.scores, self.objective(res.scores), res.seconds, fraction=fraction)
+            fit = float("-inf") if res.error else self.objective(res.scores)
+            found[cand.key] = Record(cand, sub, res.scores, fit, res.seconds, fraction=fraction, error=res.error)
         # records in proposal order, whatever order the backend finished in (same on any backend)
         out = []
         for cand in affordable:

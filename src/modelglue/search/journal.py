@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS scores (
     origin TEXT NOT NULL,
     worker TEXT NOT NULL,
     created REAL NOT NULL,
+    error TEXT,
     UNIQUE (key, split)
 );
 """
@@ -44,6 +45,7 @@ class JournalRow:
     seconds: float
     origin: str
     worker: str
+    error: str | None = None  # the candidate failed on every attempt (no scores)
 
 
 class Journal:
@@ -66,6 +68,8 @@ class Journal:
         self.db.execute("PRAGMA journal_mode=WAL")  # a reader (e.g. a test) never blocks the writer
         self.db.execute("PRAGMA synchronous=NORMAL")  # survives a killed process; only power loss can drop the last rows
         self.db.executescript(SCHEMA)
+        if "error" not in {row[1] for row in self.db.execute("PRAGMA table_info(scores)")}:
+            self.db.execute("ALTER TABLE scores ADD COLUMN error TEXT")  # a journal from before failures were kept
         canonical = json.dumps(config, sort_keys=True)
         stored = self.db.execute("SELECT value FROM meta WHERE key='config'").fetchone()
         if stored is None:
@@ -84,24 +88,25 @@ class Journal:
         return self._cache.get((key, split))
 
     def put(self, key: str, split: str, recipe: dict, params: dict, scores: dict[str, float], seconds: float,
-            origin: str, worker: str = "local") -> JournalRow:
+            origin: str, worker: str = "local", error: str | None = None) -> JournalRow:
         if (key, split) in self._cache:  # a programming error upstream: never score twice
             raise ModelGlueError(f"candidate {key} ({split}) is already in the journal")
         cur = self.db.execute(
-            "INSERT INTO scores (key, split, recipe, params, scores, seconds, origin, worker, created) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO scores (key, split, recipe, params, scores, seconds, origin, worker, created, error) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (key, split, json.dumps(recipe, sort_keys=True), json.dumps(params), json.dumps(scores), seconds,
-             origin, worker, time.time()))
-        row = JournalRow(int(cur.lastrowid), key, split, recipe, params, dict(scores), seconds, origin, worker)
+             origin, worker, time.time(), error))
+        row = JournalRow(int(cur.lastrowid), key, split, recipe, params, dict(scores), seconds, origin, worker, error)
         self._cache[(key, split)] = row
         return row
 
     def rows(self) -> list[JournalRow]:
         out = []
-        for seq, key, split, recipe, params, scores, seconds, origin, worker in self.db.execute(
-                "SELECT seq, key, split, recipe, params, scores, seconds, origin, worker FROM scores ORDER BY seq"):
+        for seq, key, split, recipe, params, scores, seconds, origin, worker, error in self.db.execute(
+                "SELECT seq, key, split, recipe, params, scores, seconds, origin, worker, error FROM scores "
+                "ORDER BY seq"):
             out.append(JournalRow(seq, key, split, json.loads(recipe), json.loads(params), json.loads(scores),
-                                  seconds, origin, worker))
+                                  seconds, origin, worker, error))
         return out
 
     def close(self) -> None:

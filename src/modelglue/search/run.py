@@ -47,6 +47,8 @@ class SearchConfig:
     backend: str = "local"
     ray_address: str | None = None
     workers: int = 2
+    worker_cpus: float = 1.0  # Ray resources per worker
+    worker_gpus: float = 0.0
     resume: bool = False
     seed: int = 0
     limit: int | None = None  # examples per task
@@ -164,13 +166,16 @@ def run_search(config: SearchConfig, scorer: Any = None) -> SearchResult:
     out.mkdir(parents=True, exist_ok=True)
     journal = Journal(journal_path, config.identity(scorer.describe()), resume=config.resume)
     (out / "results.json").unlink(missing_ok=True)  # written last: its presence means "complete"
-    backend = make_backend(config.backend, config.ray_address, config.workers)
+    backend = make_backend(config.backend, config.ray_address, config.workers, config.worker_cpus, config.worker_gpus)
     options = {"popsize": config.popsize, "sigma": config.sigma, "init": config.init, "grid": config.grid,
                "order": config.similarity_order, "points": config.pareto_points}
     smallest = scorer.smallest_subset() if config.multi_fidelity and hasattr(scorer, "smallest_subset") else 1.0
     ctx = SearchContext(space, scorer, backend, journal, objective, budget, seed=config.seed, options=options,
                         progress=config.progress, spaces=spaces, rungs=fidelity_rungs(smallest), log=config.log)
     try:
+        # every worker must see every model before the first candidate (a cluster's nodes)
+        backend.check(scorer, sorted({str(Path(m).resolve()) for m in list(config.models) + [config.base] if m}),
+                      config.device)
         try:
             get_strategy(config.strategy)(ctx)
         except BudgetExhausted:

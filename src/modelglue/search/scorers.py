@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -141,13 +142,13 @@ class WeightDistanceScorer:
     of the inputs. The same merge always gets the same score, and no model is run."""
 
     def __init__(self, targets: dict[str, dict[str, float]], *, split_noise: float = 0.0, subset_noise: float = 0.01,
-                 merge_seed: int = 0):
+                 merge_seed: int = 0, delay: float = 0.0):
         """`targets`: task -> {model path: weight} (normalised). `split_noise` shifts the
         test-split scores a little, deterministically, so the two splits differ.
         A subset split ("validation@f") adds deterministic noise of about
         subset_noise * sqrt(1/f - 1), as a sample of fewer examples would."""
         self.targets = {t: {str(Path(m).resolve()): float(w) for m, w in mix.items()} for t, mix in targets.items()}
-        self.split_noise, self.subset_noise, self.merge_seed = split_noise, subset_noise, merge_seed
+        self.split_noise, self.subset_noise, self.merge_seed, self.delay = split_noise, subset_noise, merge_seed, delay
         self._state: dict[str, Any] | None = None
 
     def smallest_subset(self) -> float:
@@ -172,6 +173,8 @@ class WeightDistanceScorer:
         return torch.cat([sd[k].flatten().double() for k in sorted(sd) if sd[k].is_floating_point()])
 
     def __call__(self, recipe: dict[str, Any], split: str) -> dict[str, float]:
+        if self.delay:
+            time.sleep(self.delay)
         theta = self._flat(recipe)
         out = {}
         for task, mix in self.targets.items():
