@@ -168,27 +168,44 @@ def test_ties_at_the_trim_cut_follow_mergekit_sort_order_or_index():
 
 
 @pytest.mark.parametrize("values", ["distinct", "few_levels", "zeros", "bf16"])
-def test_rank_cut_matches_a_stable_sort(values):
-    """The radix select + index tie-break puts exactly the first p entries of a stable
+def test_magnitude_cut_matches_a_stable_sort(values):
+    """The kthvalue cut + index tie rule puts exactly the first p entries of a stable
     ascending sort below the cut, for any p, with or without equal magnitudes."""
-    from modelglue.methods.task_vectors import RADIX_BLOCK, rank_cut
+    from modelglue.methods.task_vectors import magnitude_cut
 
     g = torch.Generator().manual_seed(3)
     n = 5000
     mags = {"distinct": torch.rand(n, generator=g),
-            "few_levels": torch.randint(0, 7, (n,), generator=g).float() / 3,
+            "few_levels": torch.randint(1, 7, (n,), generator=g).float() / 3,
             "zeros": torch.zeros(n),
             "bf16": torch.randn(n, generator=g).abs().bfloat16().float()}[values]
     order = torch.sort(mags, stable=True).indices
     for p in [0, 1, 2, 17, n // 3, n // 2, n - 1, n]:
-        cut = rank_cut(mags, p)
+        cut, ambiguous = magnitude_cut(mags, p)
         expected = torch.zeros(n, dtype=torch.bool)
         expected[order[:p]] = True
         got = torch.cat([cut.below(mags[a:a + 777], a) for a in range(0, n, 777)])  # any slicing
+        if values == "zeros":  # a zero is zero: which zeros fall below does not matter
+            assert not ambiguous
+            continue
         assert torch.equal(got, expected), (values, p)
         value = mags[order[p]] if p < n else None
-        assert cut.ambiguous == (value is not None and 0 < p and bool((mags[order[:p]] == value).any()))
-    assert RADIX_BLOCK >= 1 << 16
+        assert ambiguous == (value is not None and 0 < p and bool((mags[order[:p]] == value).any()))
+
+
+@pytest.mark.parametrize("descending", [True, False])
+def test_argsort_range_mask_is_torch_argsort(descending):
+    from modelglue.methods.task_vectors import argsort_range_mask
+
+    g = torch.Generator().manual_seed(7)
+    mags = torch.randint(0, 50, (20_000,), generator=g).float()
+    copy = mags.clone()
+    order = torch.argsort(mags, descending=descending)
+    for lo, hi in [(0, 1), (0, 7_777), (123, 15_000), (0, 20_000)]:
+        expected = torch.zeros(20_000, dtype=torch.bool)
+        expected[order[lo:hi]] = True
+        assert torch.equal(argsort_range_mask(mags, lo, hi, descending), expected)
+    assert torch.equal(mags, copy)
 
 
 def test_dare_mask_is_the_same_whole_or_in_slices():
@@ -200,68 +217,6 @@ def test_dare_mask_is_the_same_whole_or_in_slices():
     assert torch.equal(whole, parts)
     assert abs(whole.float().mean().item() - 0.3) < 0.005
     assert not torch.equal(whole, random_mask(6, 0.3, size, 0, size, "cpu"))
-
-
-@pytest.mark.parametrize("descending", [True, False])
-def test_sort_prefix_ties_matches_torch_sort_without_sorting(monkeypatch, descending):
-    """Following std::sort's partitions into the run that holds p picks the same tied
-    entries as torch.sort, at sizes around the insertion-sort threshold and past several
-    blocks (STEP and BLOCK shrunk so that one partition spans many of them)."""
-    from modelglue.methods import introsort
-
-    monkeypatch.setattr(introsort, "STEP", 37)
-    monkeypatch.setattr(introsort, "BLOCK", 37 * 21)
-    g = torch.Generator().manual_seed(7)
-    checked = 0
-    for n, levels in [(17, 3), (40, 5), (1000, 60), (5000, 400), (50_000, 5000), (200_000, 2**20)]:
-        values = torch.randint(0, levels, (n,), generator=g).float() / levels
-        ordered, order = torch.sort(values, descending=descending)
-        for p in torch.randint(1, n, (12,), generator=g).tolist():
-            value = float(ordered[p])
-            if float(ordered[p - 1]) != value:
-                continue
-            followed = introsort.sort_prefix_ties(values.clone(), p, value, descending)
-            assert followed is not None, (n, p)
-            tied, before = followed
-            assert torch.equal(tied, (values == value).nonzero().flatten())
-            assert torch.equal(tied[before], order[:p][ordered[:p] == value].sort().values), (n, p)
-            checked += 1
-    assert checked >= 30
-
-
-def test_sort_prefix_ties_declines_what_it_cannot_follow():
-    from modelglue.methods import introsort
-
-    few_levels = torch.randint(0, 3, (1000,)).float()  # a third of the tensor tied
-    assert introsort.sort_prefix_ties(few_levels, 500, float(few_levels.sort().values[500]), False) is None
-    with_nan = torch.tensor([1.0, 2.0, float("nan"), 2.0] * 10)
-    assert introsort.sort_prefix_ties(with_nan, 20, 2.0, False) is None
-    assert introsort.sort_prefix_ties(torch.ones(40, dtype=torch.float64), 20, 1.0, False) is None
-    assert introsort.follows_torch_sort()
-    copy = few_levels.clone()  # refusals found up front leave the values as they were
-    assert not introsort.followable(copy, 1.0) and torch.equal(copy, few_levels)
-    assert introsort.followable(torch.randn(1000), 0.5)
-
-
-def test_many_ties_are_sorted_without_reading_the_task_vector_again():
-    """Too many ties to follow (as in bfloat16 task vectors: 1,395 distinct magnitudes in
-    a 136M-entry lm_head, n/14.5 of them at the cut) is known before the magnitudes are
-    touched: they are sorted as they are, not read again (which cost a second float32
-    copy of the tensor per task vector)."""
-    from modelglue.methods.task_vectors import prepare_keep
-
-    g = torch.Generator().manual_seed(13)
-    d = (torch.randn(20_000, generator=g) * 2).round() * 0.01  # a dozen magnitudes
-    reads = []
-
-    def read(a, b):
-        reads.append((a, b))
-        return d[a:b]
-
-    keep = prepare_keep(read, d.numel(), d.dtype, "magnitude", 0.5, None)
-    assert keep.explicit is not None  # sorted
-    assert reads == [(0, d.numel())]  # one pass of reading, not two
-    assert torch.equal(keep.apply(d, 0), _mergekit_magnitude(d, 0.5))
 
 
 def _mergekit_magnitude(d: torch.Tensor, density: float) -> torch.Tensor:
@@ -283,66 +238,22 @@ def _mergekit_outliers(d: torch.Tensor, density: float, gamma: float) -> torch.T
 
 
 @pytest.mark.parametrize("grid", [1e-2, 1e-3, 1e-5])
-def test_ties_and_breadcrumbs_keep_mergekits_tied_entries(monkeypatch, grid):
+def test_ties_and_breadcrumbs_keep_mergekits_tied_entries(grid):
     """Rounded task vectors tie at every cut: the kept entries equal mergekit's sort-based
-    choice, whether the ties are followed (few) or sorted (many), whole or in slices."""
-    from modelglue.methods import introsort
+    choice, whole or in slices; with tie_order 'index' the same magnitudes are kept."""
     from modelglue.methods.task_vectors import prepare_keep
 
-    monkeypatch.setattr(introsort, "STEP", 256)
-    monkeypatch.setattr(introsort, "BLOCK", 4096)
     g = torch.Generator().manual_seed(11)
     d = (torch.randn(300, 200, generator=g) * 0.01 / grid).round() * grid
     for density in (0.1, 0.37, 0.8):
         assert torch.equal(magnitude(d, density), _mergekit_magnitude(d, density)), density
         assert torch.equal(magnitude_outliers(d, density, gamma=0.05), _mergekit_outliers(d, density, 0.05)), density
+        by_index = magnitude(d, density, tie_order="index")
+        assert torch.equal(by_index.abs().flatten().sort().values, magnitude(d, density).abs().flatten().sort().values)
     flat = d.reshape(-1)
     keep = prepare_keep(lambda a, b: flat[a:b], flat.numel(), flat.dtype, "magnitude", 0.37, None)
     sliced = torch.cat([keep.apply(flat[a:a + 5000], a) for a in range(0, flat.numel(), 5000)])
     assert torch.equal(sliced.reshape(d.shape), _mergekit_magnitude(d, 0.37))
-    if grid == 1e-2:  # a third of the entries tie at the cut: too many to follow, so sorted
-        assert keep.explicit is not None
-    else:
-        assert keep.explicit is None and keep.low.tied_below is not None
-
-
-@pytest.mark.parametrize("big", [True, False])
-def test_big_tensors_follow_heavy_ties_small_ones_sort(monkeypatch, big):
-    """Between n/16 and n/8 tied entries at the cut, a big tensor is followed (a sort
-    would take 16 bytes an entry) and a small one sorted (faster); both keep exactly
-    mergekit's entries."""
-    from modelglue.methods import introsort
-    from modelglue.methods.task_vectors import prepare_keep
-
-    monkeypatch.setattr(introsort, "BIG", 1000 if big else 10**9)
-    monkeypatch.setattr(introsort, "STEP", 256)
-    monkeypatch.setattr(introsort, "BLOCK", 4096)
-    g = torch.Generator().manual_seed(14)
-    d = (torch.randn(60_000, generator=g) * 6).round() * 0.01  # ~n/9 entries at the median magnitude
-    flat = d.reshape(-1)
-    mags = flat.abs().sort(descending=True).values
-    tied = int((flat.abs() == mags[30_000]).sum())
-    assert flat.numel() // 16 < tied <= flat.numel() // 8
-    keep = prepare_keep(lambda a, b: flat[a:b], flat.numel(), flat.dtype, "magnitude", 0.5, None)
-    assert (keep.explicit is None) == big  # followed, or sorted
-    assert torch.equal(keep.apply(flat, 0), _mergekit_magnitude(d, 0.5))
-
-
-def test_ties_sorts_from_fresh_magnitudes_when_the_emulation_gives_up(monkeypatch):
-    """If following the sort fails midway (a run deep enough for std::sort's heapsort,
-    forced here by a tiny partition budget), the magnitudes it has already rearranged
-    are measured again before the real sort."""
-    from modelglue.methods import introsort
-
-    g = torch.Generator().manual_seed(12)
-    d = (torch.randn(5000, generator=g) * 100).round()
-    value = float(d.abs().sort(descending=True).values[1500])
-    assert introsort.sort_prefix_ties(d.abs(), 1500, value, True) is not None
-    monkeypatch.setattr(introsort, "depth_limit", lambda n: 2)
-    scratch = d.abs()
-    assert introsort.sort_prefix_ties(scratch, 1500, value, True) is None
-    assert not torch.equal(scratch, d.abs())  # it had started rearranging
-    assert torch.equal(magnitude(d, 0.3), _mergekit_magnitude(d, 0.3))
 
 
 def test_model_stock_prepare_with_keep_inputs_leaves_its_reads_alone_and_agrees():
@@ -369,3 +280,4 @@ def test_model_stock_prepare_with_keep_inputs_leaves_its_reads_alone_and_agrees(
     for name in ("ties", "slerp"):  # their prepares overwrite what they read
         with pytest.raises(ValueError, match="cannot keep"):
             get_method(name).prepare_state(read, tuple(BASE.shape), 0, {}, [{}, {}], keep_inputs=True)
+

@@ -29,79 +29,66 @@ from typing import Callable
 
 import torch
 
-from modelglue.methods.introsort import follow, followable
-
-PREPARE_BYTES = 5 << 29  # memory for task vectors prepared at once (about 8 bytes an entry, see prepare_keeps)
-RADIX_BLOCK = 1 << 19  # entries per bincount in the radix select and per read of |d|: bounds
-# the temporaries (small ones are reused from the heap, see introsort.BLOCK)
+PREPARE_BYTES = 5 << 29  # memory for task vectors prepared at once (see prepare_keeps)
+BLOCK = 1 << 19  # entries per read of |d| and per scan for tied entries: bounds the temporaries
 RANDOM_BLOCK = 1 << 19  # DARE draws its random numbers per block of this many entries, seeded by
 # (seed, block): the same mask whether a tensor is merged whole or in chunks (aligned to blocks)
 
 
-# ---------------------------------------------------------------- exact ranks of magnitudes
+# ---------------------------------------------------------------- the magnitude cut
 
 
 @dataclass(frozen=True)
 class Cut:
-    """A cut at position p of the ascending order of magnitudes: entry j lies below it iff
-    m_j < value, or m_j == value and j is one of the tied entries below it. Those are the
-    ones with j < split (index order), or, where mergekit's sort order decides, the
-    ascending indices `tied_below`. `ambiguous`: equal magnitudes fall on both sides."""
+    """A cut with p entries of the magnitudes below it: entry j is below iff m_j < value,
+    or m_j == value and j < split (equal magnitudes: the lowest indices first)."""
 
     value: float
     split: int
-    ambiguous: bool = False
-    tied_below: torch.Tensor | None = None
 
     def below(self, mags: torch.Tensor, start: int) -> torch.Tensor:
         """Which entries of mags (the flat slice starting at `start`) lie below the cut."""
         below = mags < self.value
-        if self.tied_below is not None:
-            lo, hi = torch.searchsorted(self.tied_below, torch.tensor([start, start + mags.numel()])).tolist()
-            below[(self.tied_below[lo:hi] - start).to(mags.device)] = True
-            return below
         inside = min(max(self.split - start, 0), mags.numel())
         if inside:
             below[:inside] |= mags[:inside] == self.value
         return below
 
 
-def select(mags: torch.Tensor, p: int) -> tuple[float, int, int]:
-    """The p-th smallest (0-based) of the non-negative float32 `mags`, how many entries
-    are smaller and how many equal it. A two-level radix select on the float bits (which
-    order non-negative floats like their values): two bincount passes, no copy or sort
-    of the tensor, several times faster than torch.kthvalue."""
-    bits = mags.view(torch.int32)
-    high = sum(torch.bincount(b >> 16, minlength=1 << 16) for b in bits.split(RADIX_BLOCK))
-    cum = high.cumsum(0)
-    top = int(torch.searchsorted(cum, p, right=True))  # the bin of the p-th smallest
-    before = int(cum[top - 1]) if top else 0
-    low = sum(torch.bincount(b[(b >> 16) == top] & 0xFFFF, minlength=1 << 16) for b in bits.split(RADIX_BLOCK))
-    cum_low = low.cumsum(0)
-    bottom = int(torch.searchsorted(cum_low, p - before, right=True))
-    less = before + (int(cum_low[bottom - 1]) if bottom else 0)
-    value = torch.tensor([(top << 16) | bottom], dtype=torch.int32).view(torch.float32).item()
-    return value, less, int(low[bottom])
-
-
-def rank_cut(mags: torch.Tensor, p: int) -> Cut:
-    """The cut with exactly p entries of the flat float32 `mags` below it."""
+def magnitude_cut(mags: torch.Tensor, p: int) -> tuple[Cut, bool]:
+    """The cut with exactly p entries of the flat float32 `mags` below it, and whether
+    it is ambiguous (equal non-zero magnitudes on both sides, so a sort could choose
+    other ones). O(n): the value is torch.kthvalue's (3.0 s at 136M entries on 2 cores,
+    where a radix select with torch.bincount took 21 s and torch.sort 21 s); among equal
+    magnitudes the lowest indices fall below (a zero is zero, below the cut or not)."""
     n = mags.numel()
-    if p <= 0:
-        return Cut(-math.inf, 0)
-    if p >= n:
-        return Cut(math.inf, n)
-    value, less, equal = select(mags, p)
-    tied_below = p - less  # the first `tied_below` entries equal to value, in index order
-    if tied_below == 0:
-        return Cut(value, 0)
-    seen = 0
-    for start in range(0, n, RADIX_BLOCK):
-        tied = (mags[start:start + RADIX_BLOCK] == value).nonzero().flatten()
-        if seen + len(tied) >= tied_below:
-            return Cut(value, start + int(tied[tied_below - seen - 1]) + 1, ambiguous=tied_below < equal)
+    if p <= 0 or p >= n:
+        return Cut(-math.inf, 0) if p <= 0 else Cut(math.inf, n), False
+    value = float(torch.kthvalue(mags, p + 1).values)  # the smallest entry not below
+    less = int(torch.count_nonzero(mags < value))
+    if p == less or value == 0:
+        return Cut(value, 0), False
+    seen = 0  # find the (p - less)-th entry equal to value, in index order
+    for a in range(0, n, BLOCK):
+        tied = (mags[a:a + BLOCK] == value).nonzero().flatten()
+        if seen + len(tied) >= p - less:
+            return Cut(value, a + int(tied[p - less - seen - 1]) + 1), True
         seen += len(tied)
-    raise AssertionError("unreachable: select counted more equal entries")
+    raise AssertionError("unreachable: kthvalue saw more entries equal to its value")
+
+
+def argsort_range_mask(mags: torch.Tensor, lo: int, hi: int, descending: bool) -> torch.Tensor:
+    """The entries at positions [lo, hi) of torch.argsort(mags, descending), as a bool
+    mask: mergekit's choice among equal magnitudes (its TIES keeps the first k of a
+    descending argsort, breadcrumbs [lo, hi) of an ascending one). A full CPU sort,
+    single-threaded, 12 bytes an entry beside mags (which it leaves unchanged)."""
+    n = mags.numel()
+    values, order = mags.clone(), torch.empty(n, dtype=torch.int64, device=mags.device)
+    torch.sort(values, descending=descending, out=(values, order))
+    del values
+    mask = torch.zeros(n, dtype=torch.bool, device=mags.device)
+    mask[order[lo:hi]] = True
+    return mask
 
 
 # ---------------------------------------------------------------- sparsifiers as keep rules
@@ -110,9 +97,9 @@ def rank_cut(mags: torch.Tensor, p: int) -> Cut:
 @dataclass
 class Keep:
     """Which entries of one task vector survive, and the factor survivors are scaled by.
-    Either by magnitude rank (entries at or above `low`, below `high`), or at random
-    (`seed`, `density`), or by an explicit mask (read off a full sort where following
-    mergekit's sort order was not possible, or a random mask already drawn)."""
+    Either by magnitude (entries not below `low`, below `high`), or at random (`seed`,
+    `density`), or by an explicit mask (mergekit's sort order, or a random mask already
+    drawn)."""
 
     low: Cut | None = None
     high: Cut | None = None
@@ -178,22 +165,7 @@ def prepare_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: torch.
     if density >= 1 or n == 0:
         return None
     if sparsify == "random":
-        keep = Keep(seed=seed, density=density, size=n)
-        if rescale == "l1":
-            # The L1 sums need the whole mask: keep it (a byte an entry) rather than draw it again.
-            before = after = 0.0  # float32 sums within a block, float64 across blocks
-            explicit = None
-            for a in range(0, n, RANDOM_BLOCK):
-                mags = read(a, min(n, a + RANDOM_BLOCK)).abs().float()
-                mask = keep.mask(mags, a)
-                if explicit is None:
-                    explicit = torch.empty(n, dtype=torch.bool, device=mask.device)
-                explicit[a:a + RANDOM_BLOCK] = mask
-                before += float(mags.sum())
-                after += float((mags * mask).sum())
-            keep.explicit = explicit
-            if before >= 1e-7 and after >= 1e-7:
-                keep.scale = before / after
+        keep = _random_keep(read, n, density, rescale, seed)
     else:
         keep = _magnitude_keep(read, n, dtype, sparsify, density, rescale, gamma, tie_order)
     if rescale == "density":
@@ -201,74 +173,57 @@ def prepare_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: torch.
     return keep
 
 
+def _random_keep(read: Callable[[int, int], torch.Tensor], n: int, density: float, rescale: str | None,
+                 seed: int | None) -> Keep:
+    """prepare_keep for DARE: the L1 rescale needs the whole mask, so it is kept (a byte
+    an entry) rather than drawn again."""
+    keep = Keep(seed=seed, density=density, size=n)
+    if rescale != "l1":
+        return keep
+    before = after = 0.0  # float32 sums within a block, float64 across blocks
+    for a in range(0, n, RANDOM_BLOCK):
+        mags = read(a, min(n, a + RANDOM_BLOCK)).abs().float()
+        mask = keep.mask(mags, a)
+        if keep.explicit is None:
+            keep.explicit = torch.empty(n, dtype=torch.bool, device=mask.device)
+        keep.explicit[a:a + RANDOM_BLOCK] = mask
+        before += float(mags.sum())
+        after += float((mags * mask).sum())
+    if before >= 1e-7 and after >= 1e-7:
+        keep.scale = before / after
+    return keep
+
+
 def _magnitude_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: torch.dtype | None, sparsify: str,
                     density: float, rescale: str | None, gamma: float, tie_order: str) -> Keep:
-    """prepare_keep for the magnitude sparsifiers: exact cuts of |d| (and the L1 rescale)."""
-
-    def magnitudes() -> tuple[torch.Tensor, torch.dtype]:
-        mags = None
-        for a in range(0, n, RADIX_BLOCK):
-            part = read(a, min(n, a + RADIX_BLOCK))
-            if mags is None:
-                mags = torch.empty(n, dtype=torch.float32, device=part.device)
-            mags[a:a + RADIX_BLOCK] = part.abs()
-        return mags, part.dtype
-
-    mags, read_dtype = magnitudes()
-    dtype = dtype or read_dtype
+    """prepare_keep for the magnitude sparsifiers: cuts of |d| at ranks lo and hi (and
+    the L1 rescale). tie_order 'sort' resolves an ambiguous cut as mergekit's sort does."""
+    mags = None
+    for a in range(0, n, BLOCK):
+        part = read(a, min(n, a + BLOCK))
+        if mags is None:
+            mags = torch.empty(n, dtype=torch.float32, device=part.device)
+        mags[a:a + BLOCK] = part.abs()
+    dtype = dtype or part.dtype
     if sparsify == "magnitude":  # TIES: the top density fraction (at least one entry)
         lo, hi = (n - max(1, int(density * n)), n) if density > 0 else (n, n)
     else:  # breadcrumbs: drop the top gamma fraction (outliers) and the smallest, keep density
         kept, n_top = int(density * n), int(gamma * n)
         lo = max(0, n - kept - n_top)
         hi = lo + kept
-    keep = Keep(low=rank_cut(mags, lo), high=rank_cut(mags, hi) if hi < n else None)
-    if tie_order == "sort":
-        keep = _in_sort_order(keep, mags, lo, hi, descending=sparsify == "magnitude", keep_mags=rescale == "l1",
-                              measure_again=lambda: magnitudes()[0])
+    (low, low_tied), (high, high_tied) = magnitude_cut(mags, lo), magnitude_cut(mags, hi)
+    if tie_order == "sort" and (low_tied or high_tied):
+        descending = sparsify == "magnitude"
+        keep = Keep(explicit=argsort_range_mask(mags, 0, n - lo, True) if descending
+                    else argsort_range_mask(mags, lo, hi, False))
+    else:
+        keep = Keep(low=low, high=high if hi < n else None)
     if rescale == "l1":  # match the L1 norm of the whole task vector, summed as mergekit does
         whole = mags.to(dtype)
         before = whole.sum()
         after = whole.where(keep.mask(whole, 0), 0).sum()
         if before >= 1e-7 and after >= 1e-7:
             keep.scale = before / after
-    return keep
-
-
-def _in_sort_order(keep: Keep, mags: torch.Tensor, lo: int, hi: int, *, descending: bool, keep_mags: bool,
-                   measure_again: Callable[[], torch.Tensor]) -> Keep:
-    """`keep` with each ambiguous cut resolved as mergekit's sort resolves it: TIES keeps
-    the first n - lo entries of a descending argsort, breadcrumbs [lo, hi) of an ascending
-    sort. introsort.follow finds where the sort puts the tied entries without sorting,
-    overwriting mags unless `keep_mags`; where it cannot, sort the magnitudes (measured
-    again if they were overwritten)."""
-    cuts = [(name, cut, p) for name, cut, p in (("low", keep.low, lo), ("high", keep.high, hi))
-            if cut is not None and cut.ambiguous and cut.value != 0]  # a zero is zero, kept or not
-    resolved = {}
-    for count, (name, cut, p) in enumerate(cuts):
-        if not followable(mags, cut.value):  # mags is still intact: sort it as it is
-            return _sorted_keep(mags, lo, hi, descending=descending, keep_mags=keep_mags)
-        in_place = not keep_mags and count == len(cuts) - 1
-        followed = follow(mags if in_place else mags.clone(), mags.numel() - p if descending else p,
-                          cut.value, descending)
-        if followed is None:  # given up midway (a run deep enough for heapsort)
-            return _sorted_keep(measure_again() if in_place else mags, lo, hi, descending=descending,
-                                keep_mags=keep_mags)
-        tied, before = followed  # descending: before p = kept, i.e. not below the cut
-        resolved[name] = Cut(cut.value, cut.split, True, tied[~before if descending else before])
-    return Keep(low=resolved.get("low", keep.low), high=resolved.get("high", keep.high))
-
-
-def _sorted_keep(mags: torch.Tensor, lo: int, hi: int, *, descending: bool, keep_mags: bool) -> Keep:
-    """The keep rule read off a full sort of mags, as mergekit ranks: the fallback of
-    _in_sort_order (about 17 bytes an entry beside mags; single-threaded on CPU)."""
-    n = mags.numel()
-    keep = Keep(explicit=torch.zeros(n, dtype=torch.bool, device=mags.device))
-    values = mags.clone() if keep_mags else mags
-    order = torch.empty(n, dtype=torch.int64, device=mags.device)
-    torch.sort(values, descending=descending, out=(values, order))
-    del values
-    keep.explicit[order[:n - lo] if descending else order[lo:hi]] = True
     return keep
 
 
@@ -284,10 +239,9 @@ def prepare_keeps(read: Callable[[int, int, int], torch.Tensor], n: int, dtype: 
                               gamma=gamma[i] if gamma else 0.01, tie_order=tie_order, seed=seeds[i] if seeds else None)
             for i in range(len(density))]
     # Task vectors are independent and torch releases the GIL: prepare several at once, as
-    # many as cores and PREPARE_BYTES allow. One takes 4 bytes an entry for |d| and about
-    # 4 more to follow the sort at an ambiguous cut (up to 10 through many ties, 17 if it
-    # has to sort: benchmarks/introsort_bench.py).
-    workers = min(len(jobs), os.cpu_count() or 1, max(1, PREPARE_BYTES // (8 * max(1, n))))
+    # many as cores and PREPARE_BYTES allow. One takes 4 bytes an entry for |d|, 4 more for
+    # kthvalue's copy, or 13 more to sort at an ambiguous cut (argsort_range_mask).
+    workers = min(len(jobs), os.cpu_count() or 1, max(1, PREPARE_BYTES // (17 * max(1, n))))
     if workers <= 1:
         return [job() for job in jobs]
     with ThreadPoolExecutor(workers, thread_name_prefix="modelglue-prepare") as pool:
@@ -302,9 +256,9 @@ def _whole(delta: torch.Tensor, sparsify: str, density: float, rescale: str | No
 
 def magnitude(delta: torch.Tensor, density: float, rescale: str | None = None, tie_order: str = "sort") -> torch.Tensor:
     """TIES trim: keep the top `density` fraction of entries by magnitude (at least one).
-    Where equal magnitudes straddle the cut, tie_order 'sort' keeps the ones mergekit's
-    argsort keeps (bit-exact parity: introsort.py follows the sort to the cut); 'index'
-    keeps the highest-index ones (O(n), nothing to follow)."""
+    Where equal non-zero magnitudes straddle the cut, tie_order 'sort' keeps the ones
+    mergekit's argsort keeps (bit-exact parity, at the cost of a full sort); 'index'
+    keeps the highest-index ones (O(n): magnitude_cut)."""
     return _whole(delta, "magnitude", density, rescale, tie_order=tie_order)
 
 
