@@ -131,11 +131,17 @@ def test_della_keeps_large_magnitudes_more_often():
     assert abs(kept.mean().item() - 0.5) < 0.02
 
 
-def test_della_rejects_bad_epsilon():
-    m = get_method("della")
+def test_della_rejects_bad_epsilon_before_writing_anything(tmp_path):
+    from pathlib import Path
+
+    from modelglue.merge import merge
+
+    models = Path(__file__).parent / "data" / "mergekit_golden" / "models"
+    recipe = {"merge_method": "della", "base_model": str(models / "llama_base"),
+              "models": [{"model": str(models / "llama_ft1"), "parameters": {"weight": 1.0, "density": 0.9, "epsilon": 0.2}}]}
     with pytest.raises(ModelGlueError, match="epsilon"):
-        m([T(BASE), T(FTS[0])], 0, {"normalize": True, "rescale": True, "rescale_mode": "l1", "lambda": 1.0, "int8_mask": False},
-          [{}, {"weight": 1.0, "density": 0.9, "epsilon": 0.2}], [0])
+        merge(recipe, tmp_path / "out", seed=0)
+    assert not (tmp_path / "out").exists()
 
 
 def test_model_stock_formula():
@@ -281,3 +287,28 @@ def test_model_stock_prepare_with_keep_inputs_leaves_its_reads_alone_and_agrees(
         with pytest.raises(ValueError, match="cannot keep"):
             get_method(name).prepare_state(read, tuple(BASE.shape), 0, {}, [{}, {}], keep_inputs=True)
 
+
+@pytest.mark.parametrize("method,key,value", [("ties", "tie_order", "sorted"), ("dare_ties", "rescale_mode", "foo"),
+                                              ("breadcrumbs", "tie_order", 1)])
+def test_string_parameters_outside_their_choices_fail_recipe_validation(tmp_path, method, key, value):
+    """Checked when the recipe is validated (no model file read, no output made): one
+    line naming the key and the allowed values."""
+    from modelglue.errors import ModelGlueError
+    from modelglue.recipe import load_recipe
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a").mkdir()
+    recipe = {"merge_method": method, "base_model": str(tmp_path / "b"),
+              "models": [{"model": str(tmp_path / "a"), "parameters": {"weight": 1.0, "density": 0.5}}],
+              "parameters": {key: value}}
+    with pytest.raises(ModelGlueError) as err:
+        load_recipe(recipe)
+    message = str(err.value)
+    assert "\n" not in message and repr(key) in message and repr(value) in message and "must be" in message
+
+
+def test_della_density_epsilon_rule():
+    check = get_method("della").constraint
+    assert check({"density": 0.5, "epsilon": 0.15}) is None
+    assert "density - epsilon" in check({"density": 0.1, "epsilon": 0.15})
+    assert check({"density": 1.0, "epsilon": 0.15}) is None  # nothing dropped

@@ -185,6 +185,9 @@ class _Planner:
                 else:
                     raise ModelGlueError(f"missing parameter {p.name!r} for {where}")
             out[p.name] = p.check(value, where)
+        problem = self.method.constraint(out) if self.method.constraint and "non_base" in scope else None
+        if problem:
+            raise ModelGlueError(f"tensor {tensor_name} of {src.model}: {problem}")
         return out
 
 

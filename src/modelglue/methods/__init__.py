@@ -4,12 +4,21 @@ A method is a plain function on tensors plus declared parameters. Parameters hav
 scope: 'shared' (one value per output tensor, e.g. slerp's t), 'input' (one per input
 model, e.g. linear's weight) or 'non_base' (one per non-base input, e.g. ties' density).
 Names, scopes and defaults follow mergekit 0.1.5 so its recipes run unchanged.
+
+A new method is a pure function plus one call:
+
+    register("my_mean", my_mean, Param("weight", float, "input", search=(0.0, 1.0)),
+             Param("mode", str, default="a", choices=("a", "b")), elementwise=True)
+
+Types, ranges (low/high) and choices are checked when a recipe is validated, before any
+model is read; `constraint` checks rules across one input's parameters at plan time.
+`search` is the box the search explores (None: not searched).
 """
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -32,6 +41,7 @@ class Param:
     # The box the search explores for this parameter (None: not searched). Declared by the
     # method, so the search asks the registry instead of naming methods.
     search: tuple[float, float] | None = None
+    choices: tuple[str, ...] | None = None  # the values a string parameter may take
 
     def check(self, value: Any, where: str) -> Any:
         """Validate one resolved value; returns it converted, or raises a one-line error."""
@@ -40,8 +50,9 @@ class Param:
                 raise ModelGlueError(f"{where}: parameter {self.name!r} must be true or false, got {value!r}")
             return value
         if self.type is str:
-            if not isinstance(value, str):
-                raise ModelGlueError(f"{where}: parameter {self.name!r} must be a string, got {value!r}")
+            if not isinstance(value, str) or (self.choices and value not in self.choices):
+                allowed = " or ".join(map(repr, self.choices)) if self.choices else "a string"
+                raise ModelGlueError(f"{where}: parameter {self.name!r} must be {allowed}, got {value!r}")
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ModelGlueError(f"{where}: parameter {self.name!r} must be a number, got {value!r}")
@@ -84,7 +95,9 @@ class MergeMethod:
     sums_like_mergekit: bool = False
     description: str = ""
     reference: str = ""
-    fixed: dict = field(default_factory=dict)  # keyword arguments baked into this method
+    # constraint(values) -> an error message or None: a rule across one input's resolved
+    # parameters (DELLA's density +- epsilon inside (0, 1)), checked at plan time.
+    constraint: Callable[[dict[str, Any]], str | None] | None = None
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -97,7 +110,7 @@ class MergeMethod:
 
     def _kwargs(self, base_index: int | None, shared: dict[str, Any], per_input: list[dict[str, Any]],
                 seeds: list[int] | None) -> dict[str, Any]:
-        kwargs = dict(self.fixed)
+        kwargs = {}
         for p in self.params:
             key = "lambda_" if p.name == "lambda" else p.name
             if p.scope == "shared":
@@ -141,11 +154,13 @@ class MergeMethod:
 REGISTRY: dict[str, MergeMethod] = {}
 
 
-def register(method: MergeMethod) -> MergeMethod:
-    if method.name in REGISTRY:
-        raise ValueError(f"merge method {method.name!r} is already registered")
-    REGISTRY[method.name] = method
-    return method
+def register(name: str, fn: Callable[..., torch.Tensor], *params: Param, **options: Any) -> MergeMethod:
+    """Register a method: its name, its plain function, its parameters, and MergeMethod's
+    options by keyword (needs_base=True, min_inputs=2, ...). Returns the entry."""
+    if name in REGISTRY:
+        raise ValueError(f"merge method {name!r} is already registered")
+    REGISTRY[name] = MergeMethod(name, fn, tuple(params), **options)
+    return REGISTRY[name]
 
 
 def get_method(name: str) -> MergeMethod:
@@ -165,30 +180,28 @@ def get_method(name: str) -> MergeMethod:
 
 UNIT = dict(low=0.0, high=1.0)
 
-register(MergeMethod(
-    "linear", linear,
-    (Param("weight", float, "input", search=(0.0, 1.0)), Param("normalize", bool, default=True)), elementwise=True,
-    description="Weighted average of the models (model soup).", reference="https://arxiv.org/abs/2203.05482"))
+register("linear", linear, Param("weight", float, "input", search=(0.0, 1.0)), Param("normalize", bool, default=True),
+         elementwise=True, description="Weighted average of the models (model soup).",
+         reference="https://arxiv.org/abs/2203.05482")
 
-register(MergeMethod(
-    "slerp", slerp, (Param("t", float, **UNIT),), needs_base=True, min_inputs=2, max_inputs=2,
-    elementwise=True, prepare=slerp_prepare, sums_like_mergekit=True,
-    description="Spherical interpolation from the base to one other model.",
-    reference="https://en.wikipedia.org/wiki/Slerp"))
+register("slerp", slerp, Param("t", float, **UNIT), needs_base=True, min_inputs=2, max_inputs=2,
+         elementwise=True, prepare=slerp_prepare, sums_like_mergekit=True,
+         description="Spherical interpolation from the base to one other model.",
+         reference="https://en.wikipedia.org/wiki/Slerp")
 
-register(MergeMethod(
-    "model_stock", model_stock, (Param("filter_wise", bool, default=False),), needs_base=True, min_inputs=3,
-    elementwise=True, prepare=model_stock_prepare, prepare_keeps_inputs=True, sums_like_mergekit=True,
-    description="Interpolate towards the fine-tunes' mean by their task vectors' geometry.",
-    reference="https://arxiv.org/abs/2403.19522"))
+register("model_stock", model_stock, Param("filter_wise", bool, default=False), needs_base=True, min_inputs=3,
+         elementwise=True, prepare=model_stock_prepare, prepare_keeps_inputs=True, sums_like_mergekit=True,
+         description="Interpolate towards the fine-tunes' mean by their task vectors' geometry.",
+         reference="https://arxiv.org/abs/2403.19522")
 
-register(MergeMethod(
-    "passthrough", passthrough, (Param("scale", float, "input", default=None),), max_inputs=1, elementwise=True,
-    description="Copy tensors unchanged: layer stacking, depth up-scaling, frankenmerges."))
+register("passthrough", passthrough, Param("scale", float, "input", default=None), max_inputs=1, elementwise=True,
+         description="Copy tensors unchanged: layer stacking, depth up-scaling, frankenmerges.")
 
 
-def _task_vector_method(name: str, sparsify: str | None, consensus: str | None, normalize: bool,
+def _task_vector_method(name: str, *, sparsify: str | None, consensus: str | None, normalize: bool,
                         rescale: bool, description: str, reference: str) -> MergeMethod:
+    """Register one task-vector method: task_vector_merge with a sparsifier, a consensus
+    and mergekit's defaults (see methods/task_vectors.py)."""
     # Search boxes: a method that normalises by the sum of weights only sees their ratios,
     # so its scale is lambda; otherwise the weights carry the scale themselves. Fine-tuned
     # skills often need (near) full weight on their task vector, hence the upper ends > 1.
@@ -201,69 +214,74 @@ def _task_vector_method(name: str, sparsify: str | None, consensus: str | None, 
         Param("normalize", bool, default=normalize),
         Param("rescale", bool, default=rescale),
         # The DARE paper rescales kept entries by 1/density; mergekit matches the L1 norm.
-        Param("rescale_mode", str, default="l1"),
+        Param("rescale_mode", str, default="l1", choices=("l1", "density")),
         Param("lambda", float, default=1.0, search=(0.5, 2.0) if normalize else None),
         Param("int8_mask", bool, default=False),  # accepted for mergekit recipes; no effect here
     ]
     if sparsify in ("magnitude", "magnitude_outliers"):
         # Equal magnitudes at the trim cut: 'sort' keeps mergekit's choice, 'index' is always O(n).
-        params.append(Param("tie_order", str, default="sort"))
+        params.append(Param("tie_order", str, default="sort", choices=("sort", "index")))
     if sparsify == "magnitude_outliers":
         params.append(Param("gamma", float, "non_base", default=0.01, **UNIT))
     if sparsify == "della":
         params.append(Param("epsilon", float, "non_base", default=0.15, **UNIT))
     streamed = sparsify in ("magnitude", "magnitude_outliers", "random")
-    return MergeMethod(
-        name, functools.partial(_task_vector_call, sparsify=sparsify, consensus=consensus), tuple(params),
+    return register(
+        name, functools.partial(_task_vector_call, sparsify=sparsify, consensus=consensus), *params,
         needs_base=True, min_inputs=1, randomized=sparsify in ("random", "della"),
         elementwise=sparsify is None or streamed,
         prepare=functools.partial(_task_vector_prepare, sparsify=sparsify) if streamed else None,
-        description=description, reference=reference)
+        constraint=_della_constraint if sparsify == "della" else None, description=description, reference=reference)
+
+
+def _della_constraint(values: dict[str, Any]) -> str | None:
+    d, e = values["density"], values["epsilon"]
+    if d < 1 and not (0 < d - e and d + e < 1):
+        return f"della needs 0 < density - epsilon and density + epsilon < 1 (density {d:g}, epsilon {e:g})"
+    return None
 
 
 def _task_vector_prepare(read, shape, base_index, num_inputs, *, density, rescale, rescale_mode, gamma=None,
                          seeds=None, tie_order="sort", sparsify=None, **_):
     """Keep rules of the task vectors d_i = input_i - base, read slice by slice."""
-    _check_task_vector_params(rescale_mode, tie_order, density, None)
     others = [i for i in range(num_inputs) if i != base_index]
     return prepare_keeps(lambda i, a, b: read(others[i], a, b) - read(base_index, a, b), math.prod(shape), None,
                          sparsify=sparsify, density=density, rescale=rescale_mode if rescale else None,
                          gamma=gamma, tie_order=tie_order, seeds=seeds)
 
 
-def _check_task_vector_params(rescale_mode, tie_order, density, epsilon):
-    if rescale_mode not in ("l1", "density"):
-        raise ModelGlueError(f"parameter 'rescale_mode' must be 'l1' or 'density', got {rescale_mode!r}")
-    if tie_order not in ("sort", "index"):
-        raise ModelGlueError(f"parameter 'tie_order' must be 'sort' or 'index', got {tie_order!r}")
-    if epsilon is not None:
-        for d, e in zip(density, epsilon):
-            if d < 1 and not (0 < d - e and d + e < 1):
-                raise ModelGlueError(f"della needs 0 < density - epsilon and density + epsilon < 1 (density {d:g}, epsilon {e:g})")
-
-
 def _task_vector_call(base, others, *, weight, density, normalize, rescale, rescale_mode, lambda_,
                       int8_mask, gamma=None, epsilon=None, seeds=None, sparsify=None, consensus=None,
                       tie_order="sort", state=None, start=0):
-    _check_task_vector_params(rescale_mode, tie_order, density, epsilon)
     return task_vector_merge(
         base, others, weight, density, sparsify=sparsify, consensus=consensus, normalize=normalize,
         rescale=rescale_mode if rescale else None, lambda_=lambda_, gamma=gamma, epsilon=epsilon,
         seeds=seeds, tie_order=tie_order, keeps=state, start=start)
 
 
-for _args in (
-    ("task_arithmetic", None, None, False, False, "base + lambda * sum w_i (theta_i - base).", "https://arxiv.org/abs/2212.04089"),
-    ("ties", "magnitude", "sum", True, False, "Trim to top-density magnitudes, elect signs, disjoint mean.", "https://arxiv.org/abs/2306.01708"),
-    ("dare_ties", "random", "sum", False, True, "Random drop-and-rescale of task vectors, then TIES sign election.", "https://arxiv.org/abs/2311.03099"),
-    ("dare_linear", "random", None, False, True, "Random drop-and-rescale of task vectors, then a weighted sum.", "https://arxiv.org/abs/2311.03099"),
-    ("breadcrumbs", "magnitude_outliers", None, False, False, "Drop outliers and small entries of task vectors.", "https://arxiv.org/abs/2312.06795"),
-    ("breadcrumbs_ties", "magnitude_outliers", "sum", False, False, "Breadcrumbs with TIES sign election.", "https://arxiv.org/abs/2312.06795"),
-    ("della", "della", "sum", True, True, "Magnitude-ranked random pruning (DELLA) with TIES sign election.", "https://arxiv.org/abs/2406.11617"),
-    ("della_linear", "della", None, False, True, "Magnitude-ranked random pruning (DELLA), weighted sum.", "https://arxiv.org/abs/2406.11617"),
-):
-    register(_task_vector_method(*_args))
-del _args
+_task_vector_method("task_arithmetic", sparsify=None, consensus=None, normalize=False, rescale=False,
+                    description="base + lambda * sum w_i (theta_i - base).", reference="https://arxiv.org/abs/2212.04089")
+_task_vector_method("ties", sparsify="magnitude", consensus="sum", normalize=True, rescale=False,
+                    description="Trim to top-density magnitudes, elect signs, disjoint mean.", reference="https://arxiv.org/abs/2306.01708")
+_task_vector_method("dare_ties", sparsify="random", consensus="sum", normalize=False, rescale=True,
+                    description="Random drop-and-rescale of task vectors, then TIES sign election.",
+                    reference="https://arxiv.org/abs/2311.03099")
+_task_vector_method("dare_linear", sparsify="random", consensus=None, normalize=False, rescale=True,
+                    description="Random drop-and-rescale of task vectors, then a weighted sum.",
+                    reference="https://arxiv.org/abs/2311.03099")
+_task_vector_method("breadcrumbs", sparsify="magnitude_outliers", consensus=None, normalize=False, rescale=False,
+                    description="Drop outliers and small entries of task vectors.",
+                    reference="https://arxiv.org/abs/2312.06795")
+_task_vector_method("breadcrumbs_ties", sparsify="magnitude_outliers", consensus="sum", normalize=False,
+                    rescale=False, description="Breadcrumbs with TIES sign election.",
+                    reference="https://arxiv.org/abs/2312.06795")
+_task_vector_method("della", sparsify="della", consensus="sum", normalize=True, rescale=True,
+                    description="Magnitude-ranked random pruning (DELLA) with TIES sign election.",
+                    reference="https://arxiv.org/abs/2406.11617")
+_task_vector_method("della_linear", sparsify="della", consensus=None, normalize=False, rescale=True,
+                    description="Magnitude-ranked random pruning (DELLA), weighted sum.",
+                    reference="https://arxiv.org/abs/2406.11617")
+
 
 def searchable_methods() -> list[str]:
     """Methods the search can tune (those declaring a searched weight), in registry order."""
