@@ -11,16 +11,11 @@ from pathlib import Path
 import torch
 
 from modelglue.errors import ModelGlueError
+from modelglue.evaluate.cache import cache_dir
 from modelglue.evaluate.generate import choice_loglikelihoods, greedy_generate
 from modelglue.evaluate.tasks import Task, load_tasks
 
 CACHE_VERSION = 1  # bump when scoring changes, so old cached scores are not reused
-
-
-def cache_dir() -> Path:
-    """The user cache root: $XDG_CACHE_HOME/modelglue (default ~/.cache/modelglue)."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "modelglue"
 
 
 def load_model(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype | None = None):

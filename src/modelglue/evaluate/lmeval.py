@@ -75,7 +75,7 @@ def _builtin_export_dir() -> Path:
     """Exported built-in tasks under the cache, keyed by the task source (so they are
     written once and rewritten when the task definitions change)."""
     from modelglue.evaluate import tasks as tasks_mod
-    from modelglue.evaluate.core import cache_dir
+    from modelglue.evaluate.cache import cache_dir
 
     key = hashlib.sha256(Path(tasks_mod.__file__).read_bytes() + Path(__file__).read_bytes()).hexdigest()[:12]
     path = cache_dir() / f"lm_eval_tasks-{key}"

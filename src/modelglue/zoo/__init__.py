@@ -6,7 +6,8 @@
 
 See docs/zoo_analysis.md for exactly what is computed.
 """
-from modelglue.zoo.analyze import ZooAnalysis, analyze_zoo, expand_model_dirs
+from modelglue.zoo.analyze import analyze_zoo, expand_model_dirs
+from modelglue.zoo.result import ZooAnalysis
 from modelglue.zoo.cluster import METHODS, choose_cut, hierarchical_clusters, paper_clusters
 from modelglue.zoo.fingerprint import ModelFingerprint, compatibility_groups, fingerprint, tokenizer_identity
 from modelglue.zoo.similarity import GroupSimilarity, group_similarity, paper_tensor

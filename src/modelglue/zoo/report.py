@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from modelglue.errors import ModelGlueError
-from modelglue.zoo.analyze import ZooAnalysis
+from modelglue.zoo.result import ZooAnalysis
 
 
 def _fmt_params(n: int) -> str:
