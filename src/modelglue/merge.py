@@ -28,10 +28,10 @@ from modelglue.io import (BufferPool, Checkpoint, ShardedWriter, TensorSpec, ato
                           copy_tokenizer_files, keep_freed_memory)
 from modelglue.methods import REQUIRED, MergeMethod, get_method
 from modelglue.methods.task_vectors import derive_seed
-from modelglue.recipe import OutputSlice, Recipe, SliceSource, evaluate_setting, load_recipe, recipe_to_yaml
+from modelglue.recipe import DTYPE_NAMES, OutputSlice, Recipe, SliceSource, evaluate_setting, load_recipe, recipe_to_yaml
 
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
+TORCH_DTYPES = {name: getattr(torch, name) for name in set(DTYPE_NAMES.values())}  # recipe dtype names
+TORCH_DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -554,7 +554,7 @@ def output_config(plan: Plan) -> dict:
     if out_dtype is not None:
         for key in ("torch_dtype", "dtype"):
             if key in config or key == "dtype":
-                config[key] = DTYPE_NAMES[out_dtype]
+                config[key] = TORCH_DTYPE_NAMES[out_dtype]
     return config
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 
 from modelglue.errors import ModelGlueError
 from modelglue.evaluate.cache import cache_dir
+from modelglue.io.paths import atomic_write
 from modelglue.evaluate.generate import choice_loglikelihoods, greedy_generate
 from modelglue.evaluate.tasks import Task, load_tasks
 
@@ -162,9 +162,7 @@ def evaluate_dir(model_dir: str | Path, tasks, split: str = "validation", limit:
             res.pop("outputs", None)
         per_task[name] = res
         store.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(res))
-        os.replace(tmp, path)  # atomic: a reader never sees half a file
+        atomic_write(path, json.dumps(res))
     out = _summary(per_task, split, limit)
     out["model"] = str(model_dir)
     out["seconds"] = time.perf_counter() - t0

@@ -16,6 +16,7 @@ import torch
 
 from modelglue.errors import ModelGlueError
 from modelglue.io.buffers import BufferPool
+from modelglue.io.paths import check_outside_inputs
 from modelglue.io.safetensors_io import TensorInfo, map_tensor, read_header, read_tensor
 
 PICKLE_FILES = ("pytorch_model.bin", "model.pt", "model.bin")
@@ -193,11 +194,7 @@ def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
 
 def check_output_dir(out_dir: Path, inputs: list[Path], overwrite: bool) -> None:
     """Refuse outputs that would clobber an input or an unrelated existing directory."""
-    out = out_dir.resolve()
-    for p in inputs:
-        src = p.resolve()
-        if out == src or out.is_relative_to(src) or src.is_relative_to(out):
-            raise ModelGlueError(f"output directory {out_dir} overlaps input model {p}")
+    check_outside_inputs(out_dir, inputs)
     if out_dir.exists() and not overwrite:
         if not out_dir.is_dir() or any(out_dir.iterdir()):
             raise ModelGlueError(f"output directory {out_dir} already exists and is not empty (pass --overwrite)")

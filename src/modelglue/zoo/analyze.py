@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from modelglue.errors import ModelGlueError
-from modelglue.io import Checkpoint
+from modelglue.io import Checkpoint, check_outside_inputs
 from modelglue.zoo.cluster import METHODS, Dendrogram, cluster
 from modelglue.zoo.fingerprint import compatibility_groups, fingerprint
 from modelglue.zoo.result import ZooAnalysis
@@ -63,10 +63,7 @@ def analyze_zoo(model_dirs: list[str | Path], base: str | Path | None = None, ou
             raise ModelGlueError(f"{p}: listed twice (also as {seen[key]})")
         seen[key] = p
     if out_dir is not None:
-        out = Path(out_dir).resolve()
-        for p in paths:
-            if out == p.resolve() or out.is_relative_to(p.resolve()):
-                raise ModelGlueError(f"output directory {out_dir} lies inside input model {p}")
+        check_outside_inputs(out_dir, paths)
 
     ckpts = [Checkpoint(p, allow_pickle=allow_pickle) for p in paths]
     names = _display_names(paths)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from modelglue.errors import ModelGlueError
+from modelglue.io.paths import atomic_write
 from modelglue.zoo.result import ZooAnalysis
 
 
@@ -61,12 +61,6 @@ def summary_table(result: ZooAnalysis) -> str:
     return "\n".join(lines)
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_outputs(result: ZooAnalysis, out_dir: Path, plots: bool = True) -> None:
     """similarity.json, plots, then clusters.json last: its presence means the rest is there."""
     try:
@@ -74,11 +68,11 @@ def write_outputs(result: ZooAnalysis, out_dir: Path, plots: bool = True) -> Non
         stale = out_dir / "clusters.json"
         if stale.exists():
             stale.unlink()  # a failed rerun must not leave the old result looking current
-        _write_text(out_dir / "similarity.json", json.dumps(result.to_similarity_json(), indent=1))
+        atomic_write(out_dir / "similarity.json", json.dumps(result.to_similarity_json(), indent=1))
         if plots:
             plot_heatmap(result, out_dir / "heatmap.png")
             plot_dendrogram(result, out_dir / "dendrogram.png")
-        _write_text(out_dir / "clusters.json", json.dumps(result.to_clusters_json(), indent=2))
+        atomic_write(out_dir / "clusters.json", json.dumps(result.to_clusters_json(), indent=2))
     except OSError as exc:
         raise ModelGlueError(f"{out_dir}: cannot write analysis output ({exc.strerror or exc})") from None
 
