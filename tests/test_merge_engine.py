@@ -1,6 +1,8 @@
 """End-to-end merges of tiny random models of several architectures."""
 from __future__ import annotations
 
+import importlib
+
 import json
 import math
 import subprocess
@@ -16,7 +18,9 @@ from safetensors.torch import load_file
 import modelglue
 from modelglue.errors import ModelGlueError
 from modelglue.io import Checkpoint
+from modelglue.engine.plan import plan_merge
 from modelglue.merge import InMemoryMerger, merge
+from modelglue.recipe import load_recipe
 
 CONFIGS = {
     "llama": lambda: transformers.LlamaConfig(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
@@ -191,7 +195,7 @@ def test_in_memory_merger_reads_inputs_once(zoo, monkeypatch):
 
 
 def test_failed_merge_leaves_no_output(zoo, tmp_path, monkeypatch):
-    engine = sys.modules["modelglue.merge"]  # the module (modelglue.merge the attribute is the function)
+    engine = importlib.import_module("modelglue.engine.execute")
 
     calls = {"n": 0}
     original = engine.compute_tensor
@@ -245,7 +249,7 @@ def test_chunked_streaming_gives_the_same_tensors(zoo, tmp_path, monkeypatch, me
     """Elementwise methods (TIES, DARE and breadcrumbs after one look at each whole task
     vector) stream big tensors in chunks; the result must not change."""
     method, _, variant = method.partition("-")
-    engine = sys.modules["modelglue.merge"]
+    engine = importlib.import_module("modelglue.engine.execute")
     a, b, c = zoo["llama"]
     recipe = {"merge_method": method, "dtype": "float32"}
     if method == "passthrough":
@@ -288,7 +292,7 @@ def test_small_tensors_are_prepared_two_at_a_time(zoo, tmp_path, monkeypatch):
     """While one tensor is merged, the next ones' `prepare` (TIES: magnitude cuts) run
     side by side: the first two calls must meet at a barrier, which a one-at-a-time
     engine would never reach (it times out)."""
-    engine = sys.modules["modelglue.merge"]
+    engine = importlib.import_module("modelglue.engine.execute")
     a, b, c = zoo["llama"]
     recipe = {"merge_method": "ties", "base_model": str(a), "dtype": "float32",
               "models": [{"model": str(m), "parameters": {"weight": 0.5, "density": 0.5}} for m in (b, c)]}
@@ -317,7 +321,7 @@ def test_small_prepared_tensors_are_read_once(zoo, tmp_path, monkeypatch, method
     leaves unchanged: every input is read once. Above it, and always for slerp (whose
     prepare works in place), prepare reads whole, then the chunks are read again. The
     result is the same."""
-    engine = sys.modules["modelglue.merge"]
+    engine = importlib.import_module("modelglue.engine.execute")
     a, b, c = zoo["llama"]
     others = (b, c) if method == "model_stock" else (b,)
     recipe = {"merge_method": method, "base_model": str(a), "dtype": "float32", "parameters": {"t": 0.3},
@@ -338,7 +342,7 @@ def test_small_prepared_tensors_are_read_once(zoo, tmp_path, monkeypatch, method
         monkeypatch.setattr(engine.DiskSource, kind, counted)
     streamed = tensors(merge(recipe, tmp_path / "out"))
     assert set(streamed) == set(whole) and all(torch.equal(streamed[n], whole[n]) for n in whole)
-    chunked = {t.name: math.prod(t.shape) for t in engine.plan_merge(engine.load_recipe(recipe)).tasks
+    chunked = {t.name: math.prod(t.shape) for t in plan_merge(load_recipe(recipe)).tasks
                if math.prod(t.shape) > 100}
     per_tensor = len(others) + 1
     mapped = [name for name, _, _ in reads["map_part"]]
@@ -359,7 +363,7 @@ def test_merge_picks_torch_threads_by_method_and_dtype(zoo, tmp_path, monkeypatc
     """Streamed chunks run on one torch thread, except where the chunk's arithmetic is
     heavy enough for more (task-vector methods in 16 bits) or the sums must split like
     mergekit's (model_stock, slerp); the caller's setting is restored afterwards."""
-    engine = sys.modules["modelglue.merge"]
+    engine = importlib.import_module("modelglue.engine.execute")
     a, b, c = zoo["llama"]
     recipe = {"merge_method": method, "base_model": str(a), "dtype": dtype,
               "models": [{"model": str(m), "parameters": {"weight": 0.5, "density": 0.5}} for m in (b, c)]}

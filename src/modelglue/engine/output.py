@@ -1,0 +1,64 @@
+"""The files of a merged model directory besides its weights: config.json (depth and
+per-layer lists updated), the recipe as mergekit_config.yml, a model card, the tokenizer."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from modelglue.arch import layer_count_key, per_layer_config_keys
+from modelglue.engine.plan import TORCH_DTYPE_NAMES, Plan
+from modelglue.io import copy_tokenizer_files
+from modelglue.recipe import recipe_to_yaml
+
+
+def output_config(plan: Plan) -> dict:
+    """config.json of the result: the reference model's, with depth, per-layer lists and dtype updated."""
+    rec = plan.recipe
+    ref_idx = plan.models.index(rec.base_model) if rec.base_model in plan.models else \
+        plan.models.index(rec.slices[0].sources[0].model)
+    config = json.loads(json.dumps(plan.checkpoints[ref_idx].config))
+    target = config.get("text_config") if "text_config" in config and not any(
+        k in config for k in ("num_hidden_layers", "n_layer", "num_layers")) else config
+    per_layer = per_layer_config_keys(target)
+    src_cfgs = [ck.config.get("text_config", ck.config) for ck in plan.checkpoints]
+    for key in per_layer:  # keep per-layer lists (e.g. layer_types) consistent with the new depth
+        target[key] = [src_cfgs[m][key][layer] if isinstance(src_cfgs[m].get(key), list) and layer < len(src_cfgs[m][key])
+                       else target[key][min(layer, len(target[key]) - 1)] for m, layer in plan.layer_origin]
+    target[layer_count_key(target)] = plan.num_out_layers
+    if "max_window_layers" in target and isinstance(target["max_window_layers"], int):
+        target["max_window_layers"] = min(target["max_window_layers"], plan.num_out_layers)
+    out_dtype = next((t.dtype for t in plan.tasks if t.dtype.is_floating_point), None)
+    if out_dtype is not None:
+        for key in ("torch_dtype", "dtype"):
+            if key in config or key == "dtype":
+                config[key] = TORCH_DTYPE_NAMES[out_dtype]
+    return config
+
+
+def write_model_files(plan: Plan, out: Path) -> None:
+    rec = plan.recipe
+    (out / "config.json").write_text(json.dumps(output_config(plan), indent=2) + "\n")
+    tok_src = rec.tokenizer_source
+    if tok_src in (None, "base"):
+        tok_src = rec.base_model or rec.slices[0].sources[0].model
+    copy_tokenizer_files(Path(tok_src), out)
+    (out / "mergekit_config.yml").write_text(recipe_to_yaml(rec.raw))
+    (out / "README.md").write_text(model_card(plan))
+
+
+def model_card(plan: Plan) -> str:
+    rec = plan.recipe
+    lines = [
+        "---", "library_name: transformers", "tags:", "- modelglue", "- merge", "---", "",
+        "# Merged model", "",
+        f"Made with [modelglue](https://github.com/) using the **{rec.merge_method}** method"
+        + (f" ({plan.method.reference})" if plan.method.reference else "") + ".", "",
+    ]
+    if rec.base_model:
+        lines += [f"Base model: `{rec.base_model}`", ""]
+    lines += ["## Inputs", ""] + [f"- `{m}`" for m in plan.models] + [""]
+    lines += [f"Output: {plan.num_out_layers} layers, {len(plan.tasks)} tensors.", ""]
+    if plan.method.randomized:
+        lines += [f"Random seed: {plan.seed}", ""]
+    lines += ["## Recipe", "", "```yaml", recipe_to_yaml(rec.raw).rstrip(), "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,172 @@
+"""Planning: a validated recipe -> a Plan (see engine/__init__.py). Reads only headers and
+config.json, and checks every parameter of every output tensor before any tensor is read."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modelglue.arch import group_by_layer, layer_name, num_layers, tensor_role
+from modelglue.errors import ModelGlueError
+from modelglue.io import Checkpoint, TensorSpec
+from modelglue.methods import REQUIRED, MergeMethod, get_method
+from modelglue.recipe import DTYPE_NAMES, OutputSlice, Recipe, SliceSource, evaluate_setting
+
+TORCH_DTYPES = {name: getattr(torch, name) for name in set(DTYPE_NAMES.values())}  # recipe dtype names
+TORCH_DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
+
+
+@dataclass
+class TensorTask:
+    """One output tensor: where its inputs come from and how to combine them."""
+
+    name: str
+    inputs: list[tuple[int, str]]  # (index into Plan.models, tensor name in that model)
+    base_index: int | None  # which of `inputs` is the base
+    shared: dict[str, Any]
+    per_input: list[dict[str, Any]]
+    shape: tuple[int, ...]
+    dtype: torch.dtype  # output dtype
+    copy_only: bool = False  # non-float tensors (buffers) are copied from the base / first input
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    method: MergeMethod
+    models: list[Path]
+    checkpoints: list[Checkpoint]
+    tasks: list[TensorTask]
+    num_out_layers: int
+    layer_origin: list[tuple[int, int]] = field(default_factory=list)  # per output layer: (model idx, source layer)
+    seed: int = 0
+
+    def specs(self) -> list[TensorSpec]:
+        return [TensorSpec(t.name, t.shape, t.dtype) for t in self.tasks]
+
+
+def plan_merge(recipe: Recipe, *, seed: int | None = None, allow_pickle: bool = False,
+               checkpoints: dict[Path, Checkpoint] | None = None) -> Plan:
+    """Turn a validated recipe into a list of tensor tasks; reads headers only."""
+    method = get_method(recipe.merge_method)
+    models = recipe.models()
+    cache = checkpoints if checkpoints is not None else {}
+    ckpts = []
+    for m in models:
+        key = m.resolve()
+        if key not in cache:
+            cache[key] = Checkpoint(m, allow_pickle=allow_pickle)
+        ckpts.append(cache[key])
+    index = {m.resolve(): i for i, m in enumerate(models)}
+    planner = _Planner(recipe, method, models, ckpts, index)
+    tasks = planner.plan()
+    return Plan(recipe, method, models, ckpts, tasks, planner.out_layers, planner.layer_origin,
+                seed=0 if seed is None else seed)
+
+
+class _Planner:
+    def __init__(self, recipe: Recipe, method: MergeMethod, models: list[Path], ckpts: list[Checkpoint],
+                 index: dict[Path, int]):
+        self.recipe, self.method, self.models, self.ckpts, self.index = recipe, method, models, ckpts, index
+        self.out_layers = 0
+        self.layer_origin: list[tuple[int, int]] = []
+        self.out_dtype = TORCH_DTYPES.get(recipe.out_dtype or recipe.dtype or "")
+
+    def model_idx(self, path: Path) -> int:
+        return self.index[path.resolve()]
+
+    def layers_of(self, src: SliceSource) -> tuple[int, int]:
+        ck = self.ckpts[self.model_idx(src.model)]
+        n = num_layers(ck.config, ck.names())
+        lo, hi = src.layer_range if src.layer_range else (0, n)
+        if hi > n:
+            raise ModelGlueError(f"{src.model}: layer_range [{lo}, {hi}) exceeds its {n} layers")
+        return lo, hi
+
+    def plan(self) -> list[TensorTask]:
+        slices = self.recipe.slices
+        for s in slices:
+            spans = {hi - lo for lo, hi in map(self.layers_of, s.sources)}
+            if len(spans) != 1:
+                detail = ", ".join(f"{src.model.name}: {self.layers_of(src)[1] - self.layers_of(src)[0]}" for src in s.sources)
+                raise ModelGlueError(f"inputs have different numbers of layers ({detail}); use slices to pick layer ranges")
+        ref = self.ckpts[self.model_idx(slices[0].sources[0].model)]
+        pre, _, post = group_by_layer(ref.names())
+        tasks = [self.task(name, [(s, name) for s in slices[0].sources], slices[0], t=0.0) for name in pre]
+        for s in slices:
+            lo0, hi0 = self.layers_of(s.sources[0])
+            n = hi0 - lo0
+            first_ck = self.ckpts[self.model_idx(s.sources[0].model)]
+            _, src_layers, _ = group_by_layer(first_ck.names())
+            for j in range(n):
+                t = j / (n - 1) if n > 1 else 1.0
+                for name in src_layers.get(lo0 + j, []):
+                    role = tensor_role(name)
+                    out_name = layer_name(role, self.out_layers)
+                    inputs = [(src, layer_name(role, self.layers_of(src)[0] + j)) for src in s.sources]
+                    tasks.append(self.task(out_name, inputs, s, t))
+                self.layer_origin.append((self.model_idx(s.sources[0].model), lo0 + j))
+                self.out_layers += 1
+        tasks += [self.task(name, [(s, name) for s in slices[-1].sources], slices[-1], t=0.0) for name in post]
+        return tasks
+
+    def task(self, out_name: str, inputs: list[tuple[SliceSource, str]], out_slice: OutputSlice, t: float) -> TensorTask:
+        base_path = out_slice.base_model or self.recipe.base_model
+        base_key = base_path.resolve() if base_path else None
+        refs, shapes, dtypes = [], [], []
+        for src, name in inputs:
+            mi = self.model_idx(src.model)
+            ck = self.ckpts[mi]
+            if name not in ck:
+                raise ModelGlueError(f"tensor {name!r} is missing from {src.model} (present in {inputs[0][0].model})")
+            refs.append((mi, name))
+            shapes.append(ck.shape(name))
+            dtypes.append(ck.dtype(name))
+        if len(set(shapes)) > 1:
+            detail = ", ".join(f"{src.model.name}: {list(sh)}" for (src, _), sh in zip(inputs, shapes))
+            vocab = " (different vocabularies)" if tensor_role(out_name).kind != "layer" and len({sh[0] for sh in shapes}) > 1 \
+                and len({sh[1:] for sh in shapes}) == 1 else ""
+            raise ModelGlueError(f"shape mismatch for tensor {out_name!r}{vocab}: {detail}")
+        base_index = None
+        if self.method.needs_base:
+            base_index = next(i for i, (src, _) in enumerate(inputs) if src.model.resolve() == base_key)
+        shared = self.resolve(out_name, None, out_slice, t, scope=("shared",))
+        per_input = []
+        for i, (src, name) in enumerate(inputs):
+            scopes = ("input",) if i == base_index else ("input", "non_base")
+            per_input.append(self.resolve(name, src, out_slice, t, scope=scopes))
+        floating = dtypes[0].is_floating_point
+        dtype = (self.out_dtype or dtypes[base_index or 0]) if floating else dtypes[base_index or 0]
+        return TensorTask(out_name, refs, base_index, shared, per_input, shapes[0], dtype, copy_only=not floating)
+
+    def resolve(self, tensor_name: str, src: SliceSource | None, out_slice: OutputSlice, t: float,
+                scope: tuple[str, ...]) -> dict[str, Any]:
+        """Parameters for one input (or the shared ones): the model's own settings, then
+        the slice's, then the recipe's, then the method's default."""
+        layers = ([src.parameters] if src is not None else []) + [out_slice.parameters, self.recipe.parameters]
+        out = {}
+        for p in self.method.params:
+            if p.scope not in scope:
+                continue
+            value = None
+            for settings in layers:
+                if p.name in settings:
+                    value = evaluate_setting(settings[p.name], tensor_name, t)
+                    if value is not None:
+                        break
+            where = f"tensor {tensor_name}" + (f" of {src.model}" if src is not None else "")
+            if value is None:
+                if p.default is not None and p.default is not REQUIRED:
+                    value = p.default
+                elif p.default is None:
+                    out[p.name] = None
+                    continue
+                else:
+                    raise ModelGlueError(f"missing parameter {p.name!r} for {where}")
+            out[p.name] = p.check(value, where)
+        problem = self.method.constraint(out) if self.method.constraint and "non_base" in scope else None
+        if problem:
+            raise ModelGlueError(f"tensor {tensor_name} of {src.model}: {problem}")
+        return out
