@@ -177,11 +177,13 @@ def test_fuzz_recipe_files_of_random_bytes(tmp_path_factory, data):
     count("file", check(path))
 
 
-def test_fuzz_reports_counts():
-    """Runs last in this file: record how many examples ran (RELIABILITY.md)."""
+@pytest.fixture(scope="module", autouse=True)
+def _report_counts():
+    """After this file's tests: record how many examples ran, by outcome (RELIABILITY.md)."""
     import json
     import os
 
+    yield
     log = os.environ.get("MODELGLUE_RELIABILITY_LOG")
     if log and COUNTS:
         old = json.loads(Path(log).read_text()) if Path(log).exists() else {}

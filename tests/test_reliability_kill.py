@@ -62,6 +62,14 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def wait_for_temp_dir(out: Path, pid_alive, timeout: float = 30) -> bool:
     """Poll until the merge has created its hidden temporary sibling (the write has begun)."""
     end = time.monotonic() + timeout
@@ -86,7 +94,10 @@ def test_sigkill_at_random_points_leaves_nothing_or_a_complete_model(big, zygote
     out = tmp_path / "out"
     for i in range(5):
         pid, _, _ = zygote.spawn(["merge", "ties.yml", "out", "-q"], cwd=tmp_path, tag=f"k{i}")
-        time.sleep(rng.uniform(0, duration * 1.1))
+        if i == 0:  # once, as soon as the write has begun: a kill certainly mid-merge
+            wait_for_temp_dir(out, lambda: _alive(pid))
+        else:  # else anywhere, before or after the merge ends
+            time.sleep(rng.uniform(0, duration * 1.1))
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -101,7 +112,7 @@ def test_sigkill_at_random_points_leaves_nothing_or_a_complete_model(big, zygote
         else:
             absent += 1
         temp_left += len(list(tmp_path.glob(".out.tmp-*")))
-    assert kills >= 3, "the kills landed after the merges finished; the model is too small"
+    assert kills >= 1, "the kill after the write began landed after the merge finished"
 
     # a rerun succeeds, gives the same model and removes the dead runs' temporary directories
     res = zygote.run(["merge", "ties.yml", "out", "-q"], cwd=tmp_path, tag="rerun")
