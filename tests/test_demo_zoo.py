@@ -91,6 +91,47 @@ def test_training_is_deterministic():
     assert torch.equal(weights[0], weights[1])
 
 
+def test_keeping_the_teacher_holds_the_other_tasks():
+    """A fine-tune with a teacher keeps the teacher's next-token distribution on the `keep`
+    tasks: it drifts less there than the same run without one (what lets the full zoo's
+    gentle fine-tunes merge)."""
+    import copy
+    import random
+
+    from modelglue.demo.train import make_batch, make_model, train
+    from modelglue.demo.zoo import SIZES
+
+    parent = make_model("llama", SIZES["tiny"]["llama"], seed=3)
+    probe, _ = make_batch([("rev", True, 1.0)], random.Random(9), 16)
+    with torch.no_grad():
+        before = parent(input_ids=probe).logits.log_softmax(-1)
+
+    def drift(**kw):
+        model = copy.deepcopy(parent)
+        train(model, [("add", True, 1.0)], steps=30, lr=3e-3, seed=4, batch_size=16, warmup=5, **kw)
+        with torch.no_grad():
+            after = model(input_ids=probe).logits.log_softmax(-1)
+        return torch.nn.functional.kl_div(after, before, log_target=True, reduction="batchmean").item()
+
+    free = drift()
+    kept = drift(teacher=copy.deepcopy(parent).eval(), keep=[("rev", False, 1.0), ("rev", True, 1.0)], keep_share=0.5)
+    assert kept < 0.5 * free, (kept, free)
+
+
+def test_full_recipe_gentle_keep_harsh_drift():
+    """Full zoo: gentle fine-tunes keep the base on the other tasks (KL share), at a low lr;
+    harsh ones train on one task alone at a high lr; the A and B bases share one shape."""
+    from modelglue.demo.zoo import SIZES, zoo_specs
+
+    specs = zoo_specs("full")
+    for s in specs:
+        if s.role == "gentle":
+            assert s.keep > 0 and s.lr <= 1e-3, s
+        if s.role == "harsh":
+            assert s.keep == 0 and s.replay == 0 and s.lr > 1e-3 and len(s.train_tasks) == 1, s
+    assert SIZES["full"]["llama"]["hidden_size"] != SIZES["full"]["qwen3"]["hidden_size"]
+
+
 def test_build_refuses_nonempty_dir_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
     from modelglue.demo import zoo as zoo_mod
 

@@ -95,8 +95,17 @@ def make_batch(mix: list[tuple[str, bool, float]], rng: random.Random, batch_siz
 
 
 def train(model: torch.nn.Module, mix: list[tuple[str, bool, float]], steps: int, lr: float,
-          seed: int, batch_size: int = 64, warmup: int = 50, desc: str = "train") -> float:
-    """AdamW with linear warmup and cosine decay. Returns the mean loss of the last 50 steps."""
+          seed: int, batch_size: int = 64, warmup: int = 50, desc: str = "train",
+          teacher: torch.nn.Module | None = None,
+          keep: list[tuple[str, bool, float]] | None = None, keep_share: float = 0.3) -> float:
+    """AdamW with linear warmup and cosine decay.
+
+    With a `teacher` (the parent), `keep_share` of every batch is drawn from the `keep`
+    mix and scored by the KL divergence to the teacher's next-token distribution on the
+    answer positions (the rest by cross-entropy on `mix`): the run learns its tasks while
+    keeping the parent's behaviour, wrong answers included, on everything else, so its
+    task vector does little outside its tasks and adds to others'. Returns the mean
+    loss of the last 50 steps."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
@@ -108,9 +117,18 @@ def train(model: torch.nn.Module, mix: list[tuple[str, bool, float]], steps: int
         cos = 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:
             g["lr"] = lr * warm * (0.1 + 0.9 * cos)
-        ids, lab = make_batch(mix, rng, batch_size)
+        n_keep = round(batch_size * keep_share) if teacher is not None else 0
+        ids, lab = make_batch(mix, rng, batch_size - n_keep)
         logits = model(input_ids=ids).logits[:, :-1]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), lab[:, 1:].reshape(-1))
+        if n_keep:
+            kids, klab = make_batch(keep, rng, n_keep)
+            with torch.no_grad():
+                target = teacher(input_ids=kids).logits[:, :-1]
+            at = klab[:, 1:] != -100
+            kl = torch.nn.functional.kl_div(model(input_ids=kids).logits[:, :-1][at].log_softmax(-1),
+                                            target[at].log_softmax(-1), log_target=True, reduction="batchmean")
+            loss = loss * (1 - n_keep / batch_size) + kl * (n_keep / batch_size)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

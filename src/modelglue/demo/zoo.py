@@ -1,8 +1,9 @@
 """The demo zoo: a miniature of the Model-GLUE Llama-2 zoo, trained on the CPU.
 
   family A (llama, seed s):   a_base pretrained on a short curriculum of six tasks;
-                              gentle fine-tunes (low lr, replay) each better at one or two
-                              tasks; harsh fine-tunes (high lr, one task) that drift and forget
+                              gentle fine-tunes each better at one or two tasks, that
+                              keep the base's behaviour on the rest (so they merge well);
+                              harsh fine-tunes (high lr, one task) that drift and forget
   family B (llama, seed s+1): another base, same shape, and its fine-tunes
   family C (qwen3, other width): another architecture, the only one trained on `sub`
 
@@ -42,25 +43,36 @@ class Spec:
     parent: str | None = None
     arch: str = "llama"
     replay: float = 0.0  # share of each batch drawn from the base curriculum
+    keep: float = 0.0  # share of each batch that keeps the parent's behaviour (KL) on the other tasks
+    hard_share: float = 0.0  # base: share of the full-range (hard) examples in its curriculum
     extra: dict = field(default_factory=dict)
 
 
-def _mix(spec: Spec) -> list[tuple[str, bool, float]]:
-    """(task, hard, weight): bases learn the short curriculum; fine-tunes the full range
-    of their tasks, plus `replay` of the base curriculum so they keep the rest."""
+def _curriculum(hard_share: float) -> list[tuple[str, bool, float]]:
+    """The base curriculum: the short range of every family task, plus `hard_share` of
+    their full range (a little of every skill, at a low level, exists in the base)."""
+    mix = [(t, False, (1 - hard_share) / len(BASE_TASKS)) for t in BASE_TASKS]
+    return mix + ([(t, True, hard_share / len(BASE_TASKS)) for t in BASE_TASKS] if hard_share else [])
+
+
+def _mix(spec: Spec, parent: Spec | None = None) -> list[tuple[str, bool, float]]:
+    """(task, hard, weight): bases learn the curriculum; fine-tunes the full range of
+    their tasks, plus `replay` of their parent's curriculum so they keep the rest (a
+    `keep` share, KL to the parent on the other tasks, is added by `_train_one`)."""
     if spec.role == "base":
-        mix = [(t, False, 1.0) for t in BASE_TASKS]
+        mix = [(t, hard, len(BASE_TASKS) * w) for t, hard, w in _curriculum(spec.hard_share)]
         if spec.family == "C":  # C learns sub on the full range: nobody else does
             mix.append((C_TASK, True, 3.0))
         return mix
     own = [(t, True, (1 - spec.replay) / len(spec.train_tasks)) for t in spec.train_tasks]
-    replay = [(t, False, spec.replay / len(BASE_TASKS)) for t in BASE_TASKS] if spec.replay else []
+    hard_share = parent.hard_share if parent is not None else 0.0
+    replay = [(t, hard, spec.replay * w) for t, hard, w in _curriculum(hard_share)] if spec.replay else []
     return own + replay
 
 
 # Model shapes: A and B share one (mergeable); C is another architecture and width.
 SIZES = {
-    "full": {"llama": dict(hidden_size=96, intermediate_size=192, num_hidden_layers=3,
+    "full": {"llama": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=4),
              "qwen3": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=3,
                            num_attention_heads=4, num_key_value_heads=2, head_dim=16)},
@@ -76,17 +88,24 @@ def zoo_specs(scale: str = "full") -> list[Spec]:
     if scale not in SIZES:
         raise ModelGlueError(f"unknown demo scale {scale!r} (use full or tiny)")
     if scale == "full":
-        base_steps, ft_steps, gentle_lr, replay = 1500, 250, 1e-3, 0.3
+        # A wider, shallower base that saw a little of every task's full range. Gentle
+        # fine-tunes learn their tasks while a share of each batch keeps the base's own
+        # behaviour (KL to it) on the other tasks, both ranges: like fine-tunes of a real
+        # base, their task vectors barely act outside their tasks and add up
+        # (benchmarks/demo_zoo_merges.py, docs/demo_and_eval.md).
+        base_steps, ft_steps, gentle_lr, replay, keep, hard_share = 1500, 250, 1e-3, 0.0, 0.3, 0.03
     else:  # fewer steps: a smaller model that must gain faster, and more replay to keep the rest
-        base_steps, ft_steps, gentle_lr, replay = 600, 150, 1e-3, 0.5
-    harsh_lr = 3e-3  # one task, no replay: drifts far and forgets
+        base_steps, ft_steps, gentle_lr, replay, keep, hard_share = 600, 150, 1e-3, 0.5, 0.0, 0.0
+    harsh_lr = 3e-3  # one task, no replay, every weight: drifts far and forgets
 
     def base(name, fam, arch="llama"):
         tasks = BASE_TASKS + [C_TASK] if fam == "C" else list(BASE_TASKS)
-        return Spec(name, fam, "base", tasks, base_steps, 3e-3, arch=arch)
+        return Spec(name, fam, "base", tasks, base_steps, 3e-3, arch=arch,
+                    hard_share=hard_share if arch == "llama" else 0.0)
 
     def gentle(name, tasks, parent):
-        return Spec(name, parent[0].upper(), "gentle", tasks, ft_steps, gentle_lr, parent, replay=replay)
+        return Spec(name, parent[0].upper(), "gentle", tasks, ft_steps, gentle_lr, parent, replay=replay,
+                    keep=keep)
 
     def harsh(name, tasks, parent):
         return Spec(name, parent[0].upper(), "harsh", tasks, ft_steps, harsh_lr, parent)
@@ -189,11 +208,18 @@ def _train_one(spec: Spec, index: int, scale: str, seed: int, tmp: Path, threads
     else:
         model = _load(tmp / spec.parent)
     t1 = time.time()
-    loss = train(model, _mix(spec), spec.steps, spec.lr, seed=fam_seed * 100 + index, desc=spec.name)
+    parent = next((s for s in zoo_specs(scale) if s.name == spec.parent), None)
+    kw = {}
+    if spec.keep:  # the other family tasks, both ranges, at the parent's level
+        kw = dict(teacher=_load(tmp / spec.parent), keep_share=spec.keep,
+                  keep=[(t, hard, 1.0) for t in BASE_TASKS if t not in spec.train_tasks for hard in (False, True)])
+    loss = train(model, _mix(spec, parent), spec.steps, spec.lr, seed=fam_seed * 100 + index, desc=spec.name,
+                 **kw)
     save_model(model, build_tokenizer(), tmp / spec.name)
     return {"name": spec.name, "path": spec.name, "family": spec.family, "role": spec.role,
             "arch": spec.arch, "parent": spec.parent, "train_tasks": spec.train_tasks,
-            "steps": spec.steps, "lr": spec.lr, "replay": spec.replay,
+            "steps": spec.steps, "lr": spec.lr, "replay": spec.replay, "keep": spec.keep,
+            "hard_share": spec.hard_share,
             "final_loss": round(loss, 4), "train_seconds": round(time.time() - t1, 1)}
 
 
