@@ -465,19 +465,19 @@ def weights_summing_to_zero(w, z):
 @case
 def output_inside_an_input(w, z):
     m = copy_model(z["b"], w / "m")
-    return linear(z["a"], m), ["merge", "recipe.yml", m / "sub" / "out"], ["overlaps", f"{m}"]
+    return linear(z["a"], m), ["merge", "recipe.yml", m / "sub" / "out"], ["lies inside input model", f"{m}"]
 
 
 @case
 def output_is_an_input(w, z):
     m = copy_model(z["b"], w / "m")
-    return linear(z["a"], m), ["merge", "recipe.yml", m], ["overlaps", f"{m}"]
+    return linear(z["a"], m), ["merge", "recipe.yml", m], ["is input model", f"{m}"]
 
 
 @case
 def output_contains_an_input(w, z):
     m = copy_model(z["b"], w / "models" / "m")
-    return linear(z["a"], m), ["merge", "recipe.yml", w / "models"], ["overlaps"]
+    return linear(z["a"], m), ["merge", "recipe.yml", w / "models"], ["holds input model"]
 
 
 @case

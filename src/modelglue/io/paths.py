@@ -29,6 +29,8 @@ def check_outside_inputs(out_dir: str | Path, inputs: Iterable[str | Path]) -> N
     out = Path(out_dir).resolve()
     for p in inputs:
         src = Path(p).resolve()
+        if out == src:
+            raise ModelGlueError(f"output directory {out_dir} is input model {p}: choose another output directory")
         if out.is_relative_to(src):
             raise ModelGlueError(f"output directory {out_dir} lies inside input model {p}")
         if src.is_relative_to(out):
