@@ -19,9 +19,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # pytest exits 5 when it collects no test: that fails the target like any other failure.
-# --dist loadgroup: tests marked xdist_group("ray") share a worker (`ray stop` ends all Ray processes).
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/modelglue demo

@@ -1,6 +1,7 @@
 """Shared pytest fixtures. Other test files may append fixtures below."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,12 @@ import torch
 # Tests run as `pytest -n 2` on 2 shared cores: one torch thread per worker. More threads
 # than free cores make torch's small ops many times slower, not faster.
 torch.set_num_threads(1)
+
+# One Ray authentication mode for every Ray test of the session, set before any ray.init:
+# a local ray.init() otherwise switches its process to token auth (and writes
+# ~/.ray/auth_token), after which that process cannot drive a cluster that `ray start`
+# began without a token ("Missing authorization header": its actors die at creation).
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +47,20 @@ def tiny_zoo() -> Path:
     from modelglue.demo import demo_zoo
 
     return demo_zoo(scale="tiny")
+
+
+@pytest.fixture(scope="module")
+def ray_exclusive():
+    """Holds a machine-wide lock while a module's Ray tests run.
+
+    The cluster tests end with `ray stop --force`, which stops every Ray process of this
+    user, and pytest-xdist may put Ray tests on two workers at once (its `loadgroup`
+    grouping is silently ignored by pytest 9.2, which no longer reads `item._nodeid`).
+    A file lock serialises them whatever the scheduler does.
+    """
+    import tempfile
+
+    from filelock import FileLock
+
+    with FileLock(str(Path(tempfile.gettempdir()) / "modelglue-tests-ray.lock")):
+        yield

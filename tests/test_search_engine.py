@@ -195,8 +195,7 @@ def test_bad_inputs_are_one_line_errors(fam, tmp_path):
 
 # ------------------------------------------------------------------ Ray
 
-@pytest.mark.xdist_group("ray")  # beside the cluster tests, whose teardown stops every Ray process
-def test_ray_and_local_backends_agree(fam, tmp_path):
+def test_ray_and_local_backends_agree(fam, tmp_path, ray_exclusive):  # the lock: cluster tests stop every Ray process
     pytest.importorskip("ray")
     kw = dict(strategy="cmaes", budget=12, popsize=4, progress=False, baselines=False, seed=7)
     local = search(fam, None, tmp_path / "local", scorer=scorer_for(fam), backend="local", **kw)

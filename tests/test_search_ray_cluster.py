@@ -2,7 +2,8 @@
 --address` node, loopback only) survives a worker killed mid-generation, and ends where
 the local backend ends with the same seed.
 
-Both Ray tests share one xdist group: `ray stop` ends every Ray process of this user.
+The module holds the `ray_exclusive` lock (conftest): `ray stop` ends every Ray process of
+this user.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from modelglue.search import WeightDistanceScorer, search
 from modelglue.search.testing import random_family
 
 ray = pytest.importorskip("ray")
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+pytestmark = pytest.mark.slow
 
 
 def _free_port() -> int:
@@ -32,9 +33,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, ray_exclusive):
     """HOST:PORT of a head node (1 CPU) joined by a second node (1 CPU)."""
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}  # RAY_AUTH_MODE: conftest
     ray_cli = str(Path(sys.executable).with_name("ray"))
     port = _free_port()
     tmp = tmp_path_factory.mktemp("ray")
@@ -71,8 +72,7 @@ def _kill_one_worker_after(journal: Path, rows: int, killed: list[int]) -> None:
         time.sleep(0.05)
 
 
-def test_two_node_search_survives_a_killed_worker(cluster, fam, tmp_path, monkeypatch):
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+def test_two_node_search_survives_a_killed_worker(cluster, fam, tmp_path):
     base, f0, f1, f2 = fam
     targets = {"t1": {f0: 0.6, f1: 0.4}, "t2": {f2: 0.7, base: 0.3}}
     kw = dict(strategy="cmaes", base=base, budget=14, popsize=6, seed=5, progress=False, baselines=False)
@@ -92,12 +92,11 @@ def test_two_node_search_survives_a_killed_worker(cluster, fam, tmp_path, monkey
     assert {w for w, _ in rows} == {"ray-0", "ray-1"} and all(e is None for _, e in rows)
 
 
-def test_a_worker_that_cannot_read_a_model_stops_the_search_in_one_line(cluster, fam, tmp_path, monkeypatch):
+def test_a_worker_that_cannot_read_a_model_stops_the_search_in_one_line(cluster, fam, tmp_path):
     """The driver sees the models; the check runs on the workers. A path the driver can
     read but a worker cannot is what a cluster without shared storage looks like; here
     the model directory loses its read permission for everyone but root... so instead
     we point at a model that vanished after the driver's own check."""
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     from modelglue.errors import ModelGlueError
     from modelglue.search.backends import RayBackend
 
@@ -120,8 +119,7 @@ class FailingOnTies(WeightDistanceScorer):
         return super().__call__(recipe, split)
 
 
-def test_a_candidate_that_keeps_failing_is_journaled_as_failed(cluster, fam, tmp_path, monkeypatch):
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+def test_a_candidate_that_keeps_failing_is_journaled_as_failed(cluster, fam, tmp_path):
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module

@@ -129,7 +129,8 @@ class RayBackend:
                                       configure_logging=False)
         if self.address:
             kwargs["address"] = self.address
-        else:
+        else:  # a private instance of our size, never a cluster that `ray start` left running here
+            kwargs["address"] = "local"
             kwargs["num_cpus"] = max(1, int(-(-self.num_workers * self.cpus // 1)))
             if self.gpus:
                 kwargs["num_gpus"] = self.num_workers * self.gpus
