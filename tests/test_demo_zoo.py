@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import re
+
 import pytest
 import torch
 
@@ -132,7 +134,7 @@ def test_full_recipe_gentle_keep_harsh_drift():
     assert SIZES["full"]["llama"]["hidden_size"] != SIZES["full"]["qwen3"]["hidden_size"]
 
 
-def test_build_refuses_nonempty_dir_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
+def test_build_refuses_nonempty_dir_and_leaves_nothing_on_failure(tmp_path, monkeypatch, capsys):
     from modelglue.demo import zoo as zoo_mod
 
     (tmp_path / "zoo").mkdir()
@@ -152,6 +154,9 @@ def test_build_refuses_nonempty_dir_and_leaves_nothing_on_failure(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):  # one worker trains in this process, where the patch applies
         zoo_mod.build_demo_zoo(tmp_path / "new", scale="tiny", workers=1)
     assert not (tmp_path / "new").exists()
+    # a log (no terminal) gets one line per trained model, with elapsed time and an ETA
+    first = zoo_mod.zoo_specs("tiny")[0].name
+    assert re.search(rf"demo zoo +1/\d+: {first} .*elapsed \d+ s, ETA \d+ s", capsys.readouterr().err)
     assert [p.name for p in tmp_path.iterdir()] == ["zoo"]  # no temp dir left behind
     with pytest.raises(ModelGlueError, match="unknown demo scale"):
         zoo_mod.zoo_specs("huge")

@@ -111,7 +111,8 @@ def train(model: torch.nn.Module, mix: list[tuple[str, bool, float]], steps: int
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     model.train()
     losses: list[float] = []
-    bar = tqdm(range(steps), desc=desc, leave=False, mininterval=1.0)
+    # disable=None: no bar where stderr is not a terminal (a log gets the per-model lines)
+    bar = tqdm(range(steps), desc=desc, leave=False, mininterval=1.0, disable=None)
     for step in bar:
         warm = min(1.0, (step + 1) / max(1, warmup))
         cos = 0.5 * (1 + math.cos(math.pi * step / steps))

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +167,8 @@ def build_demo_zoo(out_dir: str | Path, seed: int = 0, scale: str = "full", thre
         entries = _train_all(specs, scale, seed, tmp, threads or 1, workers, quiet, t0)
         build_seconds = time.time() - t0
         scores = {}
+        if not quiet:
+            print(f"demo zoo: scoring {len(specs)} models on the test split", file=sys.stderr, flush=True)
         for spec in specs:
             model = _load(tmp / spec.name)
             res = evaluate(model, tokenizer, list(BUILTIN_TASKS), split="test", limit=eval_limit)
@@ -223,6 +226,16 @@ def _train_one(spec: Spec, index: int, scale: str, seed: int, tmp: Path, threads
             "final_loss": round(loss, 4), "train_seconds": round(time.time() - t1, 1)}
 
 
+def _progress(entry: dict, done: int, total: int, t0: float) -> None:
+    """One line per trained model on stderr (a terminal or a log file alike), with the
+    elapsed time and an ETA from the mean time per model so far."""
+    elapsed = time.time() - t0
+    eta = elapsed / done * (total - done)
+    tqdm.write(f"demo zoo {done:>2}/{total}: {entry['name']:<14} {entry['family']}/{entry['role']:<6} "
+               f"loss {entry['final_loss']:.3f}  {entry['train_seconds']:6.1f} s  "
+               f"(elapsed {elapsed:.0f} s, ETA {eta:.0f} s)", file=sys.stderr)
+
+
 def _train_all(specs: list[Spec], scale: str, seed: int, tmp: Path, threads: int, workers: int | None,
                quiet: bool, t0: float) -> list[dict]:
     """Train every spec, parents before children, on a pool of worker processes."""
@@ -231,11 +244,15 @@ def _train_all(specs: list[Spec], scale: str, seed: int, tmp: Path, threads: int
 
     workers = max(1, workers or min(2, os.cpu_count() or 1))
     if workers == 1:  # in this process: no interpreter start-up, and the step bars stay readable
-        return [_train_one(spec, i, scale, seed, tmp, threads) for i, spec in enumerate(specs)]
+        entries = []
+        for i, spec in enumerate(specs):
+            entries.append(_train_one(spec, i, scale, seed, tmp, threads))
+            if not quiet:
+                _progress(entries[-1], i + 1, len(specs), t0)
+        return entries
     done: dict[str, dict] = {}
-    overall = tqdm(total=len(specs), desc="demo zoo", unit="model", disable=quiet)
-    # Workers (started at submit) inherit TQDM_DISABLE, which tqdm reads at import: one overall
-    # bar here instead of interleaved step bars. spawn: fresh interpreters, no inherited locks.
+    # Workers (started at submit) inherit TQDM_DISABLE, which tqdm reads at import: no
+    # interleaved step bars from them. spawn: fresh interpreters, no inherited locks.
     saved = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"
     try:
@@ -251,16 +268,13 @@ def _train_all(specs: list[Spec], scale: str, seed: int, tmp: Path, threads: int
                 for fut in finished:
                     entry = fut.result()
                     done[running.pop(fut)] = entry
-                    overall.update()
                     if not quiet:
-                        tqdm.write(f"{entry['name']:<14} {entry['family']}/{entry['role']:<6} loss {entry['final_loss']:.3f}  "
-                                   f"{entry['train_seconds']:6.1f} s  (total {time.time() - t0:.0f} s)")
+                        _progress(entry, len(done), len(specs), t0)
     finally:
         if saved is None:
             os.environ.pop("TQDM_DISABLE", None)
         else:
             os.environ["TQDM_DISABLE"] = saved
-    overall.close()
     return [done[s.name] for s in specs]
 
 
