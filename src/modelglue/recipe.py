@@ -211,10 +211,16 @@ def _validate(raw: dict, where: str, base_dir: Path | None) -> Recipe:
         n = len(names)
         if method.needs_base and (b is None or b.resolve() not in names):
             raise ModelGlueError(f"{where}: merge_method {method.name!r} needs a base_model that is one of the inputs")
+        if method.optional_base and b is not None and b.resolve() not in names:
+            raise ModelGlueError(f"{where}: merge_method {method.name!r}: base_model {b} is not one of the slice's inputs")
         if n < method.min_inputs or (method.max_inputs is not None and n > method.max_inputs):
-            want = (f"exactly {method.min_inputs}" if method.min_inputs == method.max_inputs
-                    else f"at most {method.max_inputs}" if method.max_inputs else f"at least {method.min_inputs}")
-            raise ModelGlueError(f"{where}: merge_method {method.name!r} takes {want} input model(s) per slice, got {n}")
+            raise ModelGlueError(f"{where}: merge_method {method.name!r} takes "
+                                 f"{_count(method.min_inputs, method.max_inputs)} input model(s) per slice, got {n}")
+        others = n - (1 if method.uses_base and b is not None else 0)
+        if others < method.min_non_base or (method.max_non_base is not None and others > method.max_non_base):
+            raise ModelGlueError(f"{where}: merge_method {method.name!r} takes "
+                                 f"{_count(method.min_non_base, method.max_non_base)} model(s) besides the base per "
+                                 f"slice, got {others}")
 
     tok = raw.get("tokenizer_source")
     if tok is not None and tok not in ("base",):
@@ -227,6 +233,10 @@ def _validate(raw: dict, where: str, base_dir: Path | None) -> Recipe:
         dtype=_dtype(raw.get("dtype"), "dtype", where), out_dtype=_dtype(raw.get("out_dtype"), "out_dtype", where),
         tokenizer_source=tok, raw=raw,
     )
+
+
+def _count(low: int, high: int | None) -> str:
+    return f"exactly {low}" if low == high else f"at most {high}" if high else f"at least {low}"
 
 
 def _dtype(value: Any, key: str, where: str) -> str | None:

@@ -130,7 +130,7 @@ class _Planner:
                 and len({sh[1:] for sh in shapes}) == 1 else ""
             raise ModelGlueError(f"shape mismatch for tensor {out_name!r}{vocab}: {detail}")
         base_index = None
-        if self.method.needs_base:
+        if self.method.uses_base and base_key is not None:  # the recipe checked it is one of the inputs
             base_index = next(i for i, (src, _) in enumerate(inputs) if src.model.resolve() == base_key)
         shared = self.resolve(out_name, None, out_slice, t, scope=("shared",))
         per_input = []

@@ -33,7 +33,7 @@ REQUIRED = object()
 @dataclass(frozen=True)
 class Param:
     name: str
-    type: type  # float or bool (ints are accepted as floats)
+    type: type  # float, int, bool or str (ints are accepted as floats; an int takes whole numbers only)
     scope: str = "shared"  # 'shared' | 'input' | 'non_base'
     default: Any = REQUIRED
     low: float | None = None  # inclusive range, checked when the recipe is validated
@@ -56,26 +56,40 @@ class Param:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ModelGlueError(f"{where}: parameter {self.name!r} must be a number, got {value!r}")
+        if self.type is int:  # e.g. an iteration count: 10.0 is 10, 2.5 is no count
+            if not float(value).is_integer():
+                raise ModelGlueError(f"{where}: parameter {self.name!r} must be a whole number, got {value!r}")
+            value = int(value)
+            self._check_range(value, where)
+            return value
         value = float(value)
+        self._check_range(value, where)
+        return value
+
+    def _check_range(self, value: float, where: str) -> None:
         if value != value or (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
             lo = "-inf" if self.low is None else self.low
             hi = "inf" if self.high is None else self.high
             raise ModelGlueError(f"{where}: parameter {self.name!r}={value:g} is out of range [{lo}, {hi}]")
-        return value
 
 
 @dataclass(frozen=True)
 class MergeMethod:
     """A registered method. `fn` is called as fn(tensors, **params) when the method takes
-    no base, or fn(base, others, **params) when it needs one; per-input parameters
-    arrive as lists aligned with the inputs (or with `others`)."""
+    no base, or fn(base, others, **params) when it needs one or may take one (base is
+    None when an optional base is not given); per-input parameters arrive as lists
+    aligned with the inputs (or with `others`, the non-base inputs)."""
 
     name: str
     fn: Callable[..., torch.Tensor]
     params: tuple[Param, ...] = ()
     needs_base: bool = False
+    optional_base: bool = False  # uses base_model when the recipe gives one (mergekit's BasePolicy.OPTIONAL)
     min_inputs: int = 1
     max_inputs: int | None = None
+    # Counts of the inputs other than the base (nuslerp: exactly two, with a base or not).
+    min_non_base: int = 0
+    max_non_base: int | None = None
     randomized: bool = False  # takes `seeds`: one per non-base input
     # Each output entry depends only on the same entry of the inputs (given what `prepare`
     # found, if the method has one): big tensors can then be streamed in chunks, memory =
@@ -99,6 +113,11 @@ class MergeMethod:
     # parameters (DELLA's density +- epsilon inside (0, 1)), checked at plan time.
     constraint: Callable[[dict[str, Any]], str | None] | None = None
 
+    @property
+    def uses_base(self) -> bool:
+        """Whether a base_model given in the recipe is this method's base (not just one more input)."""
+        return self.needs_base or self.optional_base
+
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
 
@@ -117,7 +136,7 @@ class MergeMethod:
                 kwargs[key] = shared[p.name]
             elif p.scope == "input":
                 kwargs[key] = [pi[p.name] for pi in per_input]
-            elif p.scope == "non_base" and self.needs_base:
+            elif p.scope == "non_base":  # every input when there is no base
                 kwargs[key] = [pi[p.name] for i, pi in enumerate(per_input) if i != base_index]
         if self.randomized:
             kwargs["seeds"] = seeds
@@ -131,10 +150,10 @@ class MergeMethod:
         kwargs = self._kwargs(base_index, shared, per_input, seeds)
         if self.prepare is not None:
             kwargs.update(state=state, start=start)
-        if not self.needs_base:
+        if not self.uses_base:
             return self.fn(tensors, **kwargs)
         others = [t for i, t in enumerate(tensors) if i != base_index]
-        return self.fn(tensors[base_index], others, **kwargs)
+        return self.fn(None if base_index is None else tensors[base_index], others, **kwargs)
 
     def prepare_state(self, read: Callable[[int, int, int], torch.Tensor], shape: tuple[int, ...],
                       base_index: int | None, shared: dict[str, Any], per_input: list[dict[str, Any]],
