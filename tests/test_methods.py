@@ -312,3 +312,99 @@ def test_della_density_epsilon_rule():
     assert check({"density": 0.5, "epsilon": 0.15}) is None
     assert "density - epsilon" in check({"density": 0.1, "epsilon": 0.15})
     assert check({"density": 1.0, "epsilon": 0.15}) is None  # nothing dropped
+
+
+# ---------------------------------------------------------------- nuslerp, multislerp, karcher, sce, ram, nearswap, arcee_fusion
+
+
+def test_nuslerp_whole_tensor_rows_and_columns():
+    from modelglue.methods.spherical import nuslerp
+
+    a, b = rng.normal(size=BASE.shape), rng.normal(size=BASE.shape)
+    t = 0.7 / (0.3 + 0.7)
+    close(nuslerp(None, [T(a), T(b)], [0.3, 0.7]), _slerp_reference(a, b, t))
+    da, db = a - BASE, b - BASE  # with a base: slerp of the task vectors, added back
+    close(nuslerp(T(BASE), [T(a), T(b)], [0.3, 0.7]), BASE + _slerp_reference(da, db, t))
+    rows = np.stack([_slerp_reference(x, y, t) for x, y in zip(da, db)])
+    close(nuslerp(T(BASE), [T(a), T(b)], [0.3, 0.7], nuslerp_flatten=False), BASE + rows)
+    cols = np.stack([_slerp_reference(x, y, t) for x, y in zip(da.T, db.T)]).T
+    close(nuslerp(T(BASE), [T(a), T(b)], [0.3, 0.7], nuslerp_row_wise=True, nuslerp_flatten=False), BASE + cols)
+    close(nuslerp(None, [T(a), T(b)], [1.0, -1.0]), _slerp_reference(a, b, 0.5))  # weights summing to 0: t = 0.5
+
+
+def test_nuslerp_lerps_colinear_rows():
+    from modelglue.methods.spherical import nuslerp
+
+    a = rng.normal(size=BASE.shape)
+    b = a.copy()
+    b[0] *= 3.0  # row 0 colinear, the other rows equal (colinear too)
+    b[1] = rng.normal(size=b.shape[1])  # row 1 not
+    out = nuslerp(None, [T(a), T(b)], [0.5, 0.5], nuslerp_flatten=False)
+    assert torch.isfinite(out).all()
+    close(out[0], 0.5 * a[0] + 0.5 * b[0])
+    close(out[1], _slerp_reference(a[1], b[1], 0.5))
+    close(out[2:], a[2:])
+
+
+def _multislerp_reference(xs: list[np.ndarray], w: np.ndarray) -> np.ndarray:
+    """Barycentre on the sphere: tangent space at the weighted mean direction, exp map back."""
+    flat = np.stack([x.ravel() for x in xs])
+    norms = np.linalg.norm(flat, axis=1)
+    units = flat / norms[:, None]
+    m = (w[:, None] * units).sum(0)
+    m /= np.linalg.norm(m)
+    tangent = units - (units @ m)[:, None] * m
+    s = (w[:, None] * tangent).sum(0)
+    angle = np.linalg.norm(s)
+    out = m * np.cos(angle) + s * np.sin(angle) / angle
+    return (out * (w * norms).sum()).reshape(xs[0].shape)
+
+
+def test_multislerp_matches_formula_with_and_without_base():
+    from modelglue.methods.spherical import multislerp
+
+    w = [0.5, 0.3, 0.2]
+    close(multislerp(None, [T(f) for f in FTS], w), _multislerp_reference(FTS, np.array(w)))
+    raw = [2.0, 1.0, 1.0]  # normalize_weights: only the ratios count
+    close(multislerp(T(BASE), [T(f) for f in FTS], raw),
+          BASE + _multislerp_reference([f - BASE for f in FTS], np.array(raw) / 4))
+    close(multislerp(T(BASE), [T(f) for f in FTS], raw, normalize_weights=False),
+          BASE + _multislerp_reference([f - BASE for f in FTS], np.array(raw)))
+    assert torch.equal(multislerp(T(BASE), [T(FTS[0])], [0.3]), T(FTS[0]))  # one model: itself
+
+
+def test_multislerp_antipodal_inputs():
+    from modelglue.methods.spherical import multislerp
+
+    a = T(FTS[0])
+    close(multislerp(None, [a, -a], [0.5, 0.5]), np.zeros(BASE.shape))  # a pair: the weighted sum
+    with pytest.raises(ModelGlueError, match="weighted mean of the inputs' directions is zero"):
+        multislerp(None, [a, -a, a, -a], [0.25] * 4)
+
+
+def test_karcher_mean_is_a_fixed_point_of_the_log_map():
+    """The Karcher mean m of unit vectors u_i is where sum_i log_m(u_i) = 0; the result is
+    m times the mean norm. For two inputs m is their slerp midpoint."""
+    from modelglue.methods.spherical import karcher
+
+    xs = [f.astype(np.float64) for f in FTS] + [rng.normal(size=BASE.shape)]
+    out = karcher([torch.tensor(x) for x in xs], max_iter=50, tol=1e-12).numpy().ravel()
+    norms = [np.linalg.norm(x) for x in xs]
+    assert np.linalg.norm(out) == pytest.approx(np.mean(norms), rel=1e-9)
+    m = out / np.linalg.norm(out)
+    log = sum(np.arccos(np.clip(u @ m, -1, 1)) / np.sqrt(1 - (u @ m) ** 2) * (u - (u @ m) * m)
+              for u in (x.ravel() / np.linalg.norm(x) for x in xs))
+    assert np.linalg.norm(log) < 1e-9
+    a, b = rng.normal(size=BASE.shape), rng.normal(size=BASE.shape)
+    pair = karcher([torch.tensor(a), torch.tensor(b)], max_iter=50, tol=1e-12).numpy()
+    mid = _slerp_reference(a / np.linalg.norm(a), b / np.linalg.norm(b), 0.5)
+    np.testing.assert_allclose(pair, mid * (np.linalg.norm(a) + np.linalg.norm(b)) / 2, atol=1e-9)
+
+
+def test_karcher_leaves_out_inputs_without_direction():
+    from modelglue.methods.spherical import karcher
+
+    zero = torch.zeros(BASE.shape)
+    out = karcher([T(FTS[0]), zero])  # direction of the only non-zero input, half its norm
+    close(out, FTS[0] / 2)
+    assert torch.equal(karcher([zero, zero]), zero)

@@ -25,6 +25,7 @@ import torch
 
 from modelglue.errors import ModelGlueError
 from modelglue.methods.basic import linear, model_stock, model_stock_prepare, passthrough, slerp, slerp_prepare
+from modelglue.methods.spherical import karcher, multislerp, nuslerp
 from modelglue.methods.task_vectors import prepare_keeps, task_vector_merge
 
 REQUIRED = object()
@@ -300,6 +301,29 @@ _task_vector_method("della", sparsify="della", consensus="sum", normalize=True, 
 _task_vector_method("della_linear", sparsify="della", consensus=None, normalize=False, rescale=True,
                     description="Magnitude-ranked random pruning (DELLA), weighted sum.",
                     reference="https://arxiv.org/abs/2406.11617")
+
+
+
+# ---------------------------------------------------------------- on the sphere, by consensus, in pairs
+# Methods without `elementwise` get whole tensors: their norms, angles, variances and
+# counts run over all of a tensor's entries.
+
+register("nuslerp", nuslerp, Param("weight", float, "non_base"), Param("nuslerp_row_wise", bool, default=False),
+         Param("nuslerp_flatten", bool, default=True), optional_base=True, min_non_base=2, max_non_base=2,
+         # not searched: it takes exactly two models, and the search leaves out zero-weight ones
+         description="Slerp of two models (or of their task vectors from a base) at t = w_2 / (w_1 + w_2); "
+                     "whole tensor, per row or per column.",
+         reference="https://github.com/arcee-ai/mergekit/blob/main/docs/merge_methods.md")
+
+register("multislerp", multislerp, Param("weight", float, "non_base", search=(0.0, 1.0)),
+         Param("normalize_weights", bool, default=True), Param("eps", float, default=1e-8, low=0.0),
+         optional_base=True, min_non_base=1,
+         description="Weighted barycentre of the models (or task vectors) on the hypersphere, scaled to the mean norm.",
+         reference="https://goddard.blog/posts/multislerp-wow-what-a-cool-idea")
+
+register("karcher", karcher, Param("max_iter", int, default=10, low=0), Param("tol", float, default=1e-5, low=0.0),
+         description="Riemannian (Karcher) mean of the models' directions, times their mean norm.",
+         reference="https://arxiv.org/abs/2603.04972")
 
 
 def searchable_methods() -> list[str]:
