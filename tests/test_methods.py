@@ -408,3 +408,55 @@ def test_karcher_leaves_out_inputs_without_direction():
     out = karcher([T(FTS[0]), zero])  # direction of the only non-zero input, half its norm
     close(out, FTS[0] / 2)
     assert torch.equal(karcher([zero, zero]), zero)
+
+
+def test_sce_matches_formula():
+    from modelglue.methods.consensus import sce
+
+    d = np.stack([f - BASE for f in FTS])
+    for topk in (1.0, 0.3):
+        kept = d.copy()
+        if topk < 1:
+            var = d.var(axis=0)
+            k = int(np.count_nonzero(var) * topk)
+            mask = np.zeros(var.size)
+            mask[np.argsort(-var.ravel())[:k]] = 1
+            kept = kept * mask.reshape(var.shape)
+        energy = (kept ** 2).reshape(len(FTS), -1).mean(1)
+        w = (energy / energy.sum())[:, None, None]
+        agree = np.sign(kept) == np.where(kept.sum(0) >= 0, 1.0, -1.0)
+        expected = BASE + (kept * w * agree).sum(0) / np.maximum((w * agree).sum(0), 1e-6)
+        close(sce(T(BASE), [T(f) for f in FTS], select_topk=topk), expected)
+
+
+def _ram_reference(base: np.ndarray, fts: list[np.ndarray], eps: float, r: float | None = None,
+                   alpha: float = 0.0) -> np.ndarray:
+    d = np.stack([f - base for f in fts])
+    active = np.abs(d) > eps
+    count = active.sum(0)
+    out = base.copy()
+    for i in range(len(fts)):
+        boost = 1.0
+        if r is not None:  # ramplus_tl: shared / unique entries of this task vector, capped
+            shared, unique = (active[i] & (count > 1)).sum(), (active[i] & (count == 1)).sum()
+            boost = 1 + r * min(shared / max(unique, eps), alpha)
+        out += np.where(active[i] & (count == 1), boost * d[i], 0)
+        out += np.where(active[i] & (count > 1), d[i] / np.maximum(count, 1), 0)
+    return out
+
+
+def test_ram_and_ramplus_tl_match_formula():
+    from modelglue.methods.consensus import ram, ramplus_tl
+
+    eps = 0.08  # about half the entries of each task vector (|d| ~ 0.1 |N(0,1)|) count as changed
+    close(ram(T(BASE), [T(f) for f in FTS], epsilon=eps), _ram_reference(BASE, FTS, eps))
+    close(ramplus_tl(T(BASE), [T(f) for f in FTS], r=0.5, alpha=0.4, epsilon=eps),
+          _ram_reference(BASE, FTS, eps, r=0.5, alpha=0.4))
+    assert torch.equal(ram(T(BASE), []), T(BASE))
+
+
+def test_ramplus_tl_with_epsilon_zero_and_an_unchanged_model_is_finite():
+    from modelglue.methods.consensus import ramplus_tl
+
+    out = ramplus_tl(T(BASE), [T(FTS[0]), T(BASE)], epsilon=0.0)  # the second changes nothing: 0/0 shared/unique
+    close(out, FTS[0])

@@ -25,6 +25,7 @@ import torch
 
 from modelglue.errors import ModelGlueError
 from modelglue.methods.basic import linear, model_stock, model_stock_prepare, passthrough, slerp, slerp_prepare
+from modelglue.methods.consensus import ram, ramplus_tl, sce
 from modelglue.methods.spherical import karcher, multislerp, nuslerp
 from modelglue.methods.task_vectors import prepare_keeps, task_vector_merge
 
@@ -324,6 +325,21 @@ register("multislerp", multislerp, Param("weight", float, "non_base", search=(0.
 register("karcher", karcher, Param("max_iter", int, default=10, low=0), Param("tol", float, default=1e-5, low=0.0),
          description="Riemannian (Karcher) mean of the models' directions, times their mean norm.",
          reference="https://arxiv.org/abs/2603.04972")
+
+register("sce", sce, Param("select_topk", float, default=1.0, **UNIT),
+         Param("int8_mask", bool, default=False),  # accepted for mergekit recipes; no effect on the result
+         needs_base=True,
+         description="Keep the highest-variance entries, weigh task vectors by energy, erase minority signs.",
+         reference="https://arxiv.org/abs/2408.07990")
+
+register("ram", ram, Param("epsilon", float, default=1e-5, low=0.0), needs_base=True, elementwise=True,
+         description="Per entry, the mean of the task vectors that change it (|d| > epsilon).",
+         reference="https://arxiv.org/abs/2601.13572")
+
+register("ramplus_tl", ramplus_tl, Param("r", float, default=0.1, low=0.0), Param("alpha", float, default=0.2, low=0.0),
+         Param("epsilon", float, default=1e-5, low=0.0), needs_base=True,
+         description="RAM with each fine-tune's unique entries scaled by 1 + r min(shared/unique, alpha), per tensor.",
+         reference="https://arxiv.org/abs/2601.13572")
 
 
 def searchable_methods() -> list[str]:
