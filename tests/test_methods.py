@@ -21,8 +21,10 @@ def close(a: torch.Tensor, b: np.ndarray, tol: float = 1e-5) -> None:
 
 
 def test_registry_has_every_required_method():
+    # mergekit 0.1.5's twenty methods (mergekit/merge_methods/registry.py)
     required = {"linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs",
-                "breadcrumbs_ties", "della", "della_linear", "model_stock", "passthrough"}
+                "breadcrumbs_ties", "della", "della_linear", "model_stock", "passthrough", "nuslerp", "multislerp",
+                "karcher", "sce", "nearswap", "arcee_fusion", "ram", "ramplus_tl"}
     assert required <= set(REGISTRY)
 
 
@@ -460,3 +462,114 @@ def test_ramplus_tl_with_epsilon_zero_and_an_unchanged_model_is_finite():
 
     out = ramplus_tl(T(BASE), [T(FTS[0]), T(BASE)], epsilon=0.0)  # the second changes nothing: 0/0 shared/unique
     close(out, FTS[0])
+
+
+def test_nearswap_matches_formula():
+    from modelglue.methods.pairwise import nearswap
+
+    t = 0.1
+    w = np.clip(t / np.maximum(np.abs(BASE - FTS[0]), 1e-6), 0, 1)
+    close(nearswap(T(BASE), [T(FTS[0])], t), w * FTS[0] + (1 - w) * BASE)
+    assert torch.equal(nearswap(T(BASE), [T(FTS[0])], 1e9), T(FTS[0]))  # everything within t: swapped
+    close(nearswap(T(BASE), [T(FTS[0])], 0.0), BASE)
+
+
+def test_arcee_fusion_matches_formula():
+    from modelglue.methods.pairwise import arcee_fusion
+
+    other = FTS[0]
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    p, q = softmax(other) + 1e-8, softmax(BASE) + 1e-8
+    importance = np.abs(other - BASE) * (p * np.log(p / q)).sum(-1, keepdims=True)
+    s = np.sort(importance.ravel())
+    n = s.size
+    q1, med, q3 = s[(n - 1) // 4], s[(n - 1) // 2], s[3 * (n - 1) // 4]
+    keep = importance >= med + 1.5 * (q3 - q1)
+    assert 0 < keep.sum() < keep.size
+    close(arcee_fusion(T(BASE), [T(other)]), np.where(keep, other, BASE))
+
+
+def test_quantiles_are_the_sorted_entries_at_floor_q_n_minus_1():
+    from modelglue.methods.pairwise import quantiles
+
+    x = torch.randint(0, 40, (3, 1001), generator=torch.Generator().manual_seed(2)).float()  # many ties
+    s = x.flatten().sort().values
+    got = quantiles(x, (0.25, 0.5, 0.75))
+    assert [float(v) for v in got] == [float(s[int(q * (x.numel() - 1))]) for q in (0.25, 0.5, 0.75)]
+
+
+@pytest.mark.parametrize("name,params", [("ram", {"epsilon": 0.08}), ("nearswap", {"t": 0.05})])
+def test_elementwise_methods_give_the_same_bits_in_chunks(name, params):
+    """ram and nearswap are declared elementwise (the engine streams them in chunks)."""
+    method = get_method(name)
+    assert method.elementwise
+    inputs = [T(BASE)] + [T(f) for f in FTS[:3 if name == "ram" else 1]]
+    per_input = [{}] * len(inputs)
+    whole = method(inputs, 0, params, per_input)
+    flat = [x.reshape(-1) for x in inputs]
+    parts = [method([x[a:a + 37] for x in flat], 0, params, per_input, start=a) for a in range(0, BASE.size, 37)]
+    assert torch.equal(torch.cat(parts).reshape(BASE.shape), whole)
+
+
+@pytest.mark.parametrize("method,models,params,key,words", [
+    ("karcher", 2, {"max_iter": 2.5}, "max_iter", "whole number"),
+    ("karcher", 2, {"tol": -1.0}, "tol", "out of range"),
+    ("sce", 2, {"select_topk": 1.5}, "select_topk", "out of range"),
+    ("nearswap", 1, {"t": -0.1}, "t", "out of range"),
+    ("ramplus_tl", 2, {"alpha": "big"}, "alpha", "must be a number"),
+    ("multislerp", 2, {"normalize_weights": 1}, "normalize_weights", "true or false"),
+    ("nuslerp", 2, {"nuslerp_flatten": "yes"}, "nuslerp_flatten", "true or false"),
+])
+def test_new_methods_reject_bad_parameters_when_the_recipe_is_read(tmp_path, method, models, params, key, words):
+    from modelglue.recipe import load_recipe
+
+    dirs = []
+    for i in range(models + 1):
+        (tmp_path / f"m{i}").mkdir()
+        dirs.append(str(tmp_path / f"m{i}"))
+    recipe = {"merge_method": method, "base_model": dirs[0],
+              "models": [{"model": d, "parameters": {"weight": 0.5}} for d in dirs[1:]], "parameters": params}
+    with pytest.raises(ModelGlueError) as err:
+        load_recipe(recipe)  # empty directories: nothing is read
+    message = str(err.value)
+    assert "\n" not in message and repr(key) in message and words in message
+
+
+@pytest.mark.parametrize("method,base,models,words", [
+    ("nuslerp", True, 3, "exactly 2 model(s) besides the base"),
+    ("nuslerp", False, 1, "exactly 2 model(s) besides the base"),
+    ("nearswap", True, 2, "exactly 2 input model(s)"),
+    ("arcee_fusion", False, 1, "needs a base_model"),
+    ("multislerp", True, 0, "at least 1 model(s) besides the base"),
+])
+def test_new_methods_check_their_inputs_when_the_recipe_is_read(tmp_path, method, base, models, words):
+    from modelglue.recipe import load_recipe
+
+    dirs = []
+    for i in range(models + 1):
+        (tmp_path / f"m{i}").mkdir()
+        dirs.append(str(tmp_path / f"m{i}"))
+    recipe = {"merge_method": method, "models": [{"model": d, "parameters": {"weight": 0.5}} for d in dirs[1:]]
+              or [{"model": dirs[0]}], "parameters": {"t": 0.1}}  # no models: the base alone
+    if base:
+        recipe["base_model"] = dirs[0]
+    with pytest.raises(ModelGlueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        load_recipe(recipe)
+
+
+def test_missing_required_parameter_fails_at_plan_time(tmp_path):
+    """nearswap's t and nuslerp's weight have no default: the plan (headers only) says which."""
+    from pathlib import Path
+
+    from modelglue.merge import merge
+
+    models = Path(__file__).parent / "data" / "mergekit_golden" / "models"
+    for recipe, key in [({"merge_method": "nearswap", "base_model": str(models / "llama_base"),
+                          "models": [{"model": str(models / "llama_ft1")}]}, "t"),
+                        ({"merge_method": "nuslerp", "models": [{"model": str(models / "llama_ft1")},
+                                                                 {"model": str(models / "llama_ft2")}]}, "weight")]:
+        with pytest.raises(ModelGlueError, match=f"missing parameter '{key}'"):
+            merge(recipe, tmp_path / "out")
+        assert not (tmp_path / "out").exists()

@@ -26,6 +26,7 @@ import torch
 from modelglue.errors import ModelGlueError
 from modelglue.methods.basic import linear, model_stock, model_stock_prepare, passthrough, slerp, slerp_prepare
 from modelglue.methods.consensus import ram, ramplus_tl, sce
+from modelglue.methods.pairwise import arcee_fusion, nearswap
 from modelglue.methods.spherical import karcher, multislerp, nuslerp
 from modelglue.methods.task_vectors import prepare_keeps, task_vector_merge
 
@@ -340,6 +341,14 @@ register("ramplus_tl", ramplus_tl, Param("r", float, default=0.1, low=0.0), Para
          Param("epsilon", float, default=1e-5, low=0.0), needs_base=True,
          description="RAM with each fine-tune's unique entries scaled by 1 + r min(shared/unique, alpha), per tensor.",
          reference="https://arxiv.org/abs/2601.13572")
+
+register("nearswap", nearswap, Param("t", float, low=0.0), needs_base=True, min_inputs=2, max_inputs=2,
+         elementwise=True, description="Take the other model's value where it lies within t of the base's.",
+         reference="https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001")
+
+register("arcee_fusion", arcee_fusion, needs_base=True, min_inputs=2, max_inputs=2,
+         description="Take the other model's value where |difference| x row KL is an outlier (median + 1.5 IQR).",
+         reference="https://arcee.ai")
 
 
 def searchable_methods() -> list[str]:
