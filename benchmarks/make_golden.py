@@ -476,12 +476,151 @@ def recipes() -> dict[str, dict]:
         ],
         "dtype": "float32",
     }
+    r["random_della"] = {
+        "merge_method": "della",
+        "base_model": B,
+        "models": [
+            {"model": F1, "parameters": {"density": 0.5, "epsilon": 0.1, "weight": 0.5}},
+            {"model": F2, "parameters": {"density": 0.5, "epsilon": 0.1, "weight": 0.5}},
+        ],
+        "dtype": "float32",
+    }
     r["qwen2_passthrough_dus"] = {  # design.md: fails under transformers 5 (layer_types)
         "slices": [
             {"sources": [{"model": Q1, "layer_range": [0, 3]}]},
             {"sources": [{"model": Q2, "layer_range": [1, 4]}]},
         ],
         "merge_method": "passthrough",
+        "dtype": "float32",
+    }
+    # hypersphere methods: whole-tensor norms and angles
+    r["nuslerp"] = {  # no base: slerp of the models themselves, whole tensor, t = 0.6 / (0.4 + 0.6)
+        "merge_method": "nuslerp",
+        "models": [
+            {"model": F1, "parameters": {"weight": 0.4}},
+            {"model": F3, "parameters": {"weight": 0.6}},
+        ],
+        "dtype": "float32",
+    }
+    r["nuslerp_base_rows"] = {  # task vectors from the base, slerped row by row
+        "merge_method": "nuslerp",
+        "base_model": B,
+        "models": [
+            {"model": F1, "parameters": {"weight": 1.0}},
+            {"model": F2, "parameters": {"weight": 0.5}},
+        ],
+        "parameters": {"nuslerp_flatten": False},
+        "dtype": "float32",
+    }
+    r["nuslerp_base_row_wise"] = {  # ... column by column (the vectors along axis 0)
+        "merge_method": "nuslerp",
+        "base_model": B,
+        "models": [
+            {"model": F1, "parameters": {"weight": 0.3}},
+            {"model": F3, "parameters": {"weight": 0.7}},
+        ],
+        "parameters": {"nuslerp_flatten": False, "nuslerp_row_wise": True},
+        "dtype": "float32",
+    }
+    r["multislerp"] = {
+        "merge_method": "multislerp",
+        "models": [
+            {"model": F1, "parameters": {"weight": 0.5}},
+            {"model": F2, "parameters": {"weight": 0.3}},
+            {"model": F3, "parameters": {"weight": 0.2}},
+        ],
+        "dtype": "float32",
+    }
+    r["multislerp_base_no_normalize"] = {
+        "merge_method": "multislerp",
+        "base_model": B,
+        "models": [
+            {"model": F1, "parameters": {"weight": 1.0}},
+            {"model": F2, "parameters": {"weight": 0.5}},
+            {"model": F3, "parameters": {"weight": [0.1, 0.4]}},
+        ],
+        "parameters": {"normalize_weights": False},
+        "dtype": "float32",
+    }
+    r["multislerp_bf16_inputs"] = {  # no dtype: the arithmetic runs in bfloat16, as the inputs
+        "merge_method": "multislerp",
+        "models": [
+            {"model": BF1, "parameters": {"weight": 0.6}},
+            {"model": BF2, "parameters": {"weight": 0.4}},
+        ],
+    }
+    r["karcher"] = {
+        "merge_method": "karcher",
+        "models": [{"model": F1}, {"model": F2}, {"model": F3}],
+        "dtype": "float32",
+    }
+    r["karcher_base_iters"] = {  # the base is one more input to karcher; 3 iterations at most
+        "merge_method": "karcher",
+        "base_model": B,
+        "models": [{"model": F1}, {"model": F3}],
+        "parameters": {"max_iter": 3, "tol": 1e-4},
+        "dtype": "float32",
+    }
+    # task-vector consensus without weights
+    r["sce"] = {
+        "merge_method": "sce",
+        "base_model": B,
+        "models": [{"model": F1}, {"model": F2}, {"model": F3}],
+        "dtype": "float32",
+    }
+    r["sce_select_topk"] = {
+        "merge_method": "sce",
+        "base_model": B,
+        "models": [{"model": F1}, {"model": F2}, {"model": F3}],
+        "parameters": {"select_topk": 0.4},
+        "dtype": "float32",
+    }
+    r["ram"] = {  # epsilon near the median |d|: entries changed by 0, 1, 2 or 3 fine-tunes
+        "merge_method": "ram",
+        "base_model": B,
+        "models": [{"model": F1}, {"model": F2}, {"model": F3}],
+        "parameters": {"epsilon": 0.003},
+        "dtype": "float32",
+    }
+    r["ramplus_tl"] = {
+        "merge_method": "ramplus_tl",
+        "base_model": B,
+        "models": [{"model": F1}, {"model": F2}, {"model": F3}],
+        "parameters": {"epsilon": 0.003, "r": 0.5, "alpha": 0.5},
+        "dtype": "float32",
+    }
+    r["ramplus_tl_defaults"] = {  # r 0.1, alpha 0.2
+        "merge_method": "ramplus_tl",
+        "base_model": B,
+        "models": [{"model": F1}, {"model": F2}],
+        "parameters": {"epsilon": 0.004},
+        "dtype": "float32",
+    }
+    # a base and one other model
+    r["nearswap"] = {  # t near the median |d|: some entries swapped, some kept, some between
+        "merge_method": "nearswap",
+        "base_model": B,
+        "models": [{"model": F1}],
+        "parameters": {"t": 0.003},
+        "dtype": "float32",
+    }
+    r["nearswap_gradient"] = {
+        "merge_method": "nearswap",
+        "base_model": B,
+        "models": [{"model": F3}],
+        "parameters": {"t": [0.001, 0.05]},
+        "dtype": "float32",
+    }
+    r["arcee_fusion"] = {
+        "merge_method": "arcee_fusion",
+        "base_model": B,
+        "models": [{"model": F3}],
+        "dtype": "float32",
+    }
+    r["qwen2_arcee_fusion"] = {  # attention biases (1-D: one KL over the whole vector), tied embeddings
+        "merge_method": "arcee_fusion",
+        "base_model": QB,
+        "models": [{"model": Q1}],
         "dtype": "float32",
     }
     return r

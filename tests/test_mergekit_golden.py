@@ -131,6 +131,13 @@ def test_manifest_is_consistent():
         assert list((GOLDEN / entry["output"]).glob("*.safetensors")), entry["output"]
 
 
+def test_every_registered_method_has_a_golden_recipe():
+    from modelglue.methods import REGISTRY
+
+    covered = {entry["method"] for entry in MANIFEST["recipes"].values()}
+    assert set(REGISTRY) <= covered, f"no mergekit golden recipe for {sorted(set(REGISTRY) - covered)}"
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=[Path(r).stem for r in RECIPES])
 def test_tensors_match_mergekit(recipe, merged, request):
     known = MANIFEST["recipes"][recipe].get("known_difference")
