@@ -120,15 +120,43 @@ def test_keeping_the_teacher_holds_the_other_tasks():
     assert kept < 0.5 * free, (kept, free)
 
 
+def test_keeping_hidden_states_holds_the_inside_too():
+    """With `keep_hidden`, a fine-tune also keeps the teacher's hidden states on the keep
+    tasks, at every layer: they move much less than when only the outputs are kept."""
+    import copy
+    import random
+
+    from modelglue.demo.train import make_batch, make_model, train
+    from modelglue.demo.zoo import SIZES
+
+    parent = make_model("llama", SIZES["tiny"]["llama"], seed=3)
+    probe, _ = make_batch([("rev", True, 1.0)], random.Random(9), 16)
+    with torch.no_grad():
+        before = parent(input_ids=probe, output_hidden_states=True).hidden_states[1:]
+
+    def moved(**kw):
+        model = copy.deepcopy(parent)
+        train(model, [("add", True, 1.0)], steps=30, lr=3e-3, seed=4, batch_size=16, warmup=5,
+              teacher=copy.deepcopy(parent).eval(), keep=[("rev", False, 1.0), ("rev", True, 1.0)],
+              keep_share=0.5, **kw)
+        with torch.no_grad():
+            after = model(input_ids=probe, output_hidden_states=True).hidden_states[1:]
+        return sum(((a - b).square().sum() / b.square().sum()).item() for a, b in zip(after, before))
+
+    outputs_only, inside_too = moved(), moved(keep_hidden=10.0)
+    assert inside_too < 0.5 * outputs_only, (inside_too, outputs_only)
+
+
 def test_full_recipe_gentle_keep_harsh_drift():
-    """Full zoo: gentle fine-tunes keep the base on the other tasks (KL share), at a low lr;
+    """Full zoo: gentle fine-tunes keep the base on the other tasks (outputs and hidden
+    states), at a low lr;
     harsh ones train on one task alone at a high lr; the A and B bases share one shape."""
     from modelglue.demo.zoo import SIZES, zoo_specs
 
     specs = zoo_specs("full")
     for s in specs:
         if s.role == "gentle":
-            assert s.keep > 0 and s.lr <= 1e-3, s
+            assert s.keep > 0 and s.keep_hidden > 0 and s.lr <= 1e-3, s
         if s.role == "harsh":
             assert s.keep == 0 and s.replay == 0 and s.lr > 1e-3 and len(s.train_tasks) == 1, s
     assert SIZES["full"]["llama"]["hidden_size"] != SIZES["full"]["qwen3"]["hidden_size"]

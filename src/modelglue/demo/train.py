@@ -97,15 +97,23 @@ def make_batch(mix: list[tuple[str, bool, float]], rng: random.Random, batch_siz
 def train(model: torch.nn.Module, mix: list[tuple[str, bool, float]], steps: int, lr: float,
           seed: int, batch_size: int = 64, warmup: int = 50, desc: str = "train",
           teacher: torch.nn.Module | None = None,
-          keep: list[tuple[str, bool, float]] | None = None, keep_share: float = 0.3) -> float:
+          keep: list[tuple[str, bool, float]] | None = None, keep_share: float = 0.3,
+          keep_hidden: float = 0.0) -> float:
     """AdamW with linear warmup and cosine decay.
 
     With a `teacher` (the parent), `keep_share` of every batch is drawn from the `keep`
     mix and scored by the KL divergence to the teacher's next-token distribution on the
     answer positions (the rest by cross-entropy on `mix`): the run learns its tasks while
     keeping the parent's behaviour, wrong answers included, on everything else, so its
-    task vector does little outside its tasks and adds to others'. Returns the mean
-    loss of the last 50 steps."""
+    task vector does little outside its tasks and adds to others'.
+
+    `keep_hidden` > 0 also keeps the parent's hidden states on those keep examples, at every
+    layer and every (prompt or answer) position: the relative squared error, summed over
+    layers, weighted by `keep_hidden`. Keeping the outputs alone lets a fine-tune rewire
+    the inside and compensate downstream; another task vector added to it then meets
+    hidden states it was not trained for. A task vector that leaves the other tasks'
+    activations in place acts only where its task is, so task vectors add (measured in
+    docs/demo_and_eval.md). Returns the mean loss of the last 50 steps."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
@@ -124,12 +132,19 @@ def train(model: torch.nn.Module, mix: list[tuple[str, bool, float]], steps: int
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), lab[:, 1:].reshape(-1))
         if n_keep:
             kids, klab = make_batch(keep, rng, n_keep)
+            hidden = keep_hidden > 0
             with torch.no_grad():
-                target = teacher(input_ids=kids).logits[:, :-1]
+                target = teacher(input_ids=kids, output_hidden_states=hidden)
+            out = model(input_ids=kids, output_hidden_states=hidden)
             at = klab[:, 1:] != -100
-            kl = torch.nn.functional.kl_div(model(input_ids=kids).logits[:, :-1][at].log_softmax(-1),
-                                            target[at].log_softmax(-1), log_target=True, reduction="batchmean")
-            loss = loss * (1 - n_keep / batch_size) + kl * (n_keep / batch_size)
+            kept = torch.nn.functional.kl_div(out.logits[:, :-1][at].log_softmax(-1),
+                                              target.logits[:, :-1][at].log_softmax(-1), log_target=True,
+                                              reduction="batchmean")
+            if hidden:
+                real = (kids != PAD).unsqueeze(-1)
+                for h, t in zip(out.hidden_states[1:], target.hidden_states[1:]):
+                    kept = kept + keep_hidden * ((h - t).square() * real).sum() / (t.square() * real).sum()
+            loss = loss * (1 - n_keep / batch_size) + kept * (n_keep / batch_size)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

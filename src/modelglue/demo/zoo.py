@@ -45,6 +45,7 @@ class Spec:
     arch: str = "llama"
     replay: float = 0.0  # share of each batch drawn from the base curriculum
     keep: float = 0.0  # share of each batch that keeps the parent's behaviour (KL) on the other tasks
+    keep_hidden: float = 0.0  # on that share, also keep the parent's hidden states (weight of that term)
     hard_share: float = 0.0  # base: share of the full-range (hard) examples in its curriculum
     extra: dict = field(default_factory=dict)
 
@@ -90,13 +91,16 @@ def zoo_specs(scale: str = "full") -> list[Spec]:
         raise ModelGlueError(f"unknown demo scale {scale!r} (use full or tiny)")
     if scale == "full":
         # A wider, shallower base that saw a little of every task's full range. Gentle
-        # fine-tunes learn their tasks while a share of each batch keeps the base's own
-        # behaviour (KL to it) on the other tasks, both ranges: like fine-tunes of a real
-        # base, their task vectors barely act outside their tasks and add up
-        # (benchmarks/demo_zoo_merges.py, docs/demo_and_eval.md).
-        base_steps, ft_steps, gentle_lr, replay, keep, hard_share = 1500, 250, 1e-3, 0.0, 0.3, 0.03
+        # fine-tunes learn their tasks while half of each batch keeps the base's own
+        # behaviour on the other tasks, both ranges: its outputs (KL) and its hidden
+        # states at every layer. Like fine-tunes of a real base, their task vectors act
+        # only where their tasks are, and add up (benchmarks/demo_zoo_merges.py,
+        # docs/demo_and_eval.md).
+        base_steps, ft_steps, gentle_lr, replay, keep, hard_share = 1500, 400, 1e-3, 0.0, 0.5, 0.03
+        keep_hidden, harsh_steps = 10.0, 250
     else:  # fewer steps: a smaller model that must gain faster, and more replay to keep the rest
         base_steps, ft_steps, gentle_lr, replay, keep, hard_share = 600, 150, 1e-3, 0.5, 0.0, 0.0
+        keep_hidden, harsh_steps = 0.0, 150
     harsh_lr = 3e-3  # one task, no replay, every weight: drifts far and forgets
 
     def base(name, fam, arch="llama"):
@@ -106,10 +110,10 @@ def zoo_specs(scale: str = "full") -> list[Spec]:
 
     def gentle(name, tasks, parent):
         return Spec(name, parent[0].upper(), "gentle", tasks, ft_steps, gentle_lr, parent, replay=replay,
-                    keep=keep)
+                    keep=keep, keep_hidden=keep_hidden)
 
     def harsh(name, tasks, parent):
-        return Spec(name, parent[0].upper(), "harsh", tasks, ft_steps, harsh_lr, parent)
+        return Spec(name, parent[0].upper(), "harsh", tasks, harsh_steps, harsh_lr, parent)
 
     if scale == "full":
         return [base("a_base", "A"),
@@ -214,7 +218,7 @@ def _train_one(spec: Spec, index: int, scale: str, seed: int, tmp: Path, threads
     parent = next((s for s in zoo_specs(scale) if s.name == spec.parent), None)
     kw = {}
     if spec.keep:  # the other family tasks, both ranges, at the parent's level
-        kw = dict(teacher=_load(tmp / spec.parent), keep_share=spec.keep,
+        kw = dict(teacher=_load(tmp / spec.parent), keep_share=spec.keep, keep_hidden=spec.keep_hidden,
                   keep=[(t, hard, 1.0) for t in BASE_TASKS if t not in spec.train_tasks for hard in (False, True)])
     loss = train(model, _mix(spec, parent), spec.steps, spec.lr, seed=fam_seed * 100 + index, desc=spec.name,
                  **kw)
@@ -222,6 +226,7 @@ def _train_one(spec: Spec, index: int, scale: str, seed: int, tmp: Path, threads
     return {"name": spec.name, "path": spec.name, "family": spec.family, "role": spec.role,
             "arch": spec.arch, "parent": spec.parent, "train_tasks": spec.train_tasks,
             "steps": spec.steps, "lr": spec.lr, "replay": spec.replay, "keep": spec.keep,
+            "keep_hidden": spec.keep_hidden,
             "hard_share": spec.hard_share,
             "final_loss": round(loss, 4), "train_seconds": round(time.time() - t1, 1)}
 
