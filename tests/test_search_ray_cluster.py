@@ -40,11 +40,14 @@ def cluster(tmp_path_factory, ray_exclusive):
     port = _free_port()
     tmp = tmp_path_factory.mktemp("ray")
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    def ray_start(*args: str) -> None:
+        done = subprocess.run([ray_cli, "start", *args, *common], env=env, capture_output=True, text=True, timeout=180)
+        if done.returncode:  # say why: `ray start` prints its reason on stdout or stderr
+            pytest.fail(f"ray start {' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+
     try:
-        subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--include-dashboard=false",
-                        f"--temp-dir={tmp}", *common], env=env, check=True, capture_output=True, timeout=180)
-        subprocess.run([ray_cli, "start", f"--address=127.0.0.1:{port}", *common], env=env, check=True,
-                       capture_output=True, timeout=180)
+        ray_start("--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={tmp}")
+        ray_start(f"--address=127.0.0.1:{port}")
         yield f"127.0.0.1:{port}"
     finally:
         subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)

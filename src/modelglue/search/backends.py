@@ -184,12 +184,26 @@ class RayBackend:
         lost = [0] * len(self._actors)  # deaths per actor: past max_restarts Ray gives up on it
         idle = list(range(len(self._actors)))
         pending: dict[Any, tuple[Job, int]] = {}  # ref -> (job, actor index)
+        # A call to an actor that Ray is restarting fails at once (max_task_retries=0), so a
+        # lost actor rejoins the pool only when a probe, which Ray retries until the actor
+        # is back, has answered: ref -> actor index
+        probes: dict[Any, int] = {}
         while queue or pending:
             while queue and idle:
                 i = idle.pop(0)
                 job = queue.pop(0)
                 pending[self._actors[i].score.remote(job.recipe, job.split)] = (job, i)
-            done, _ = ray.wait(list(pending), num_returns=1)
+            if not pending and not probes:
+                raise ModelGlueError(f"all Ray workers were lost (each more than {self.max_restarts} times)")
+            done, _ = ray.wait([*pending, *probes], num_returns=1)
+            if done[0] in probes:
+                i = probes.pop(done[0])
+                try:
+                    ray.get(done[0])
+                    idle.append(i)
+                except Exception:  # Ray gave up restarting it: it stays out of the pool
+                    pass
+                continue
             job, i = pending.pop(done[0])
             try:
                 scores, seconds, worker = ray.get(done[0])
@@ -199,13 +213,12 @@ class RayBackend:
                     raise ModelGlueError(str(cause)) from None
                 attempts[job.key] = attempts.get(job.key, 0) + 1
                 dead = _lost_worker(exc, ray)
-                lost[i] += dead
-                if lost[i] <= self.max_restarts:
-                    # Ray restarts a dead actor and its next call waits for it; it goes to
-                    # the back, so the retried job (front of the queue) takes another free worker
+                if not dead:
                     idle.append(i)
-                elif not idle and not pending:
-                    raise ModelGlueError(f"all Ray workers were lost (each more than {self.max_restarts} times)")
+                else:
+                    lost[i] += 1
+                    if lost[i] <= self.max_restarts:
+                        probes[self._actors[i].pid.options(max_task_retries=-1).remote()] = i
                 what = "its worker was lost" if dead else f"{type(cause).__name__}: {cause}"
                 errors[job.key] = str(what).splitlines()[0] if str(what) else type(cause).__name__
                 if attempts[job.key] < self.max_attempts:
