@@ -147,6 +147,18 @@ def test_keeping_hidden_states_holds_the_inside_too():
     assert inside_too < 0.5 * outputs_only, (inside_too, outputs_only)
 
 
+def test_training_logs_steps_where_no_bar_can_draw(capsys):
+    """Under a log (stderr not a terminal) a long training run still says how far it is."""
+    from modelglue.demo.train import make_model, train
+    from modelglue.demo.zoo import SIZES
+
+    model = make_model("llama", SIZES["tiny"]["llama"], seed=3)
+    train(model, [("rev", False, 1.0)], steps=4, lr=1e-3, seed=4, batch_size=4, desc="m", log_every=1e-9)
+    lines = capsys.readouterr().err.splitlines()
+    assert [ln.split(",")[0] for ln in lines] == ["m: step 1/4", "m: step 2/4", "m: step 3/4"]
+    assert all(re.search(r"loss \d+\.\d+ \(\d+ s, ETA \d+ s\)", ln) for ln in lines)
+
+
 def test_full_recipe_gentle_keep_harsh_drift():
     """Full zoo: gentle fine-tunes keep the base on the other tasks (outputs and hidden
     states), at a low lr;

@@ -416,7 +416,7 @@ def demo_cmd(out_dir: Path, quick: bool, quiet: bool) -> None:
     from modelglue.demo import demo_zoo
     from modelglue.glue import demo_config, run_glue
 
-    zoo_root = demo_zoo(scale="tiny" if quick else "full")
+    zoo_root = demo_zoo(scale="tiny" if quick else "full", quiet=quiet)
     cfg = demo_config(zoo_root, out_dir, quick=quick)
     _print_results(run_glue(cfg, quiet=quiet), out_dir)
 

@@ -6,6 +6,8 @@ import json
 import math
 import random
 import string
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -98,7 +100,7 @@ def train(model: torch.nn.Module, mix: list[tuple[str, bool, float]], steps: int
           seed: int, batch_size: int = 64, warmup: int = 50, desc: str = "train",
           teacher: torch.nn.Module | None = None,
           keep: list[tuple[str, bool, float]] | None = None, keep_share: float = 0.3,
-          keep_hidden: float = 0.0) -> float:
+          keep_hidden: float = 0.0, log_every: float = 0.0) -> float:
     """AdamW with linear warmup and cosine decay.
 
     With a `teacher` (the parent), `keep_share` of every batch is drawn from the `keep`
@@ -113,7 +115,11 @@ def train(model: torch.nn.Module, mix: list[tuple[str, bool, float]], steps: int
     the inside and compensate downstream; another task vector added to it then meets
     hidden states it was not trained for. A task vector that leaves the other tasks'
     activations in place acts only where its task is, so task vectors add (measured in
-    docs/demo_and_eval.md). Returns the mean loss of the last 50 steps."""
+    docs/demo_and_eval.md).
+
+    Where no step bar is drawn (stderr not a terminal, or bars disabled), `log_every` > 0
+    writes a line to stderr every that many seconds instead. Returns the mean loss of the
+    last 50 steps."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
@@ -121,7 +127,13 @@ def train(model: torch.nn.Module, mix: list[tuple[str, bool, float]], steps: int
     losses: list[float] = []
     # disable=None: no bar where stderr is not a terminal (a log gets the per-model lines)
     bar = tqdm(range(steps), desc=desc, leave=False, mininterval=1.0, disable=None)
+    t0 = last_log = time.time()
     for step in bar:
+        if log_every and step and bar.disable and time.time() - last_log >= log_every:
+            last_log = time.time()
+            eta = (last_log - t0) / step * (steps - step)
+            print(f"{desc}: step {step}/{steps}, loss {losses[-1]:.3f} ({last_log - t0:.0f} s, ETA {eta:.0f} s)",
+                  file=sys.stderr, flush=True)
         warm = min(1.0, (step + 1) / max(1, warmup))
         cos = 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:

@@ -204,7 +204,7 @@ def _load(path: Path) -> torch.nn.Module:
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
-def _train_one(spec: Spec, index: int, scale: str, seed: int, tmp: Path, threads: int) -> dict:
+def _train_one(spec: Spec, index: int, scale: str, seed: int, tmp: Path, threads: int, quiet: bool = True) -> dict:
     """Train one model of the zoo and save it (runs in a worker process). A fine-tune
     starts from its parent as saved: float32 on disk is bit-identical to the parent in
     memory, and every model seeds its own training, so the order of work never matters."""
@@ -221,7 +221,7 @@ def _train_one(spec: Spec, index: int, scale: str, seed: int, tmp: Path, threads
         kw = dict(teacher=_load(tmp / spec.parent), keep_share=spec.keep, keep_hidden=spec.keep_hidden,
                   keep=[(t, hard, 1.0) for t in BASE_TASKS if t not in spec.train_tasks for hard in (False, True)])
     loss = train(model, _mix(spec, parent), spec.steps, spec.lr, seed=fam_seed * 100 + index, desc=spec.name,
-                 **kw)
+                 log_every=0.0 if quiet else 20.0, **kw)
     save_model(model, build_tokenizer(), tmp / spec.name)
     return {"name": spec.name, "path": spec.name, "family": spec.family, "role": spec.role,
             "arch": spec.arch, "parent": spec.parent, "train_tasks": spec.train_tasks,
@@ -248,10 +248,13 @@ def _train_all(specs: list[Spec], scale: str, seed: int, tmp: Path, threads: int
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     workers = max(1, workers or min(2, os.cpu_count() or 1))
+    if not quiet:
+        print(f"demo zoo ({scale}): training {len(specs)} models in {workers} process(es); "
+              f"a line per model, and every 20 s per running model where no bar can draw", file=sys.stderr, flush=True)
     if workers == 1:  # in this process: no interpreter start-up, and the step bars stay readable
         entries = []
         for i, spec in enumerate(specs):
-            entries.append(_train_one(spec, i, scale, seed, tmp, threads))
+            entries.append(_train_one(spec, i, scale, seed, tmp, threads, quiet))
             if not quiet:
                 _progress(entries[-1], i + 1, len(specs), t0)
         return entries
@@ -267,7 +270,7 @@ def _train_all(specs: list[Spec], scale: str, seed: int, tmp: Path, threads: int
                 for i, spec in enumerate(specs):
                     ready = spec.parent is None or spec.parent in done
                     if ready and spec.name not in done and spec.name not in running.values() and len(running) < workers:
-                        fut = pool.submit(_train_one, spec, i, scale, seed, tmp, threads)
+                        fut = pool.submit(_train_one, spec, i, scale, seed, tmp, threads, quiet)
                         running[fut] = spec.name
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in finished:
@@ -299,7 +302,7 @@ def source_hash(scale: str = "full") -> str:
     return h.hexdigest()[:12]
 
 
-def demo_zoo(scale: str = "full", seed: int = 0, cache_root: str | Path | None = None) -> Path:
+def demo_zoo(scale: str = "full", seed: int = 0, cache_root: str | Path | None = None, quiet: bool = True) -> Path:
     """The demo zoo, built once and cached under $XDG_CACHE_HOME/modelglue (keyed by
     the demo source hash, so an edited recipe rebuilds). Safe under concurrent callers:
     a file lock makes one build while the others wait."""
@@ -316,5 +319,5 @@ def demo_zoo(scale: str = "full", seed: int = 0, cache_root: str | Path | None =
         if not (path / "zoo.json").is_file():  # another process may have built it meanwhile
             for stale in root.glob(f".{path.name}.building-*"):  # left by a killed build
                 shutil.rmtree(stale, ignore_errors=True)
-            build_demo_zoo(path, seed=seed, scale=scale, force=True, quiet=True)
+            build_demo_zoo(path, seed=seed, scale=scale, force=True, quiet=quiet)
     return path
