@@ -189,16 +189,19 @@ def _structured_starts(space, order: list[int], rng: np.random.Generator) -> lis
     vectors; then random points of the box. `order`: members best first."""
     n, one = space.n, 1.0
     pick = lambda idx, rest=0.0: [one if i in idx else rest for i in range(n)]  # noqa: E731
+    # A budget affords only the first few of each method's starts: the best two and three
+    # members at full weight come first (each keeps its skill whole; adding weaker
+    # members, harsh fine-tunes among them, more often hurts), then the sum of all.
     weights = []
     if n >= 2:
         weights.append(("top2", pick(order[:2])))
-    weights.append(("all", pick(range(n))))  # task arithmetic: the sum; normalising methods: the mean
-    if not space.normalizes and n > 2:
-        weights.append(("mean", [1.0 / n] * n))
-    if n >= 2:
-        weights.append(("best+half", pick(order[:1], 0.5)))
     if n >= 4:
         weights.append(("top3", pick(order[:3])))
+    weights.append(("all", pick(range(n))))  # task arithmetic: the sum; normalising methods: the mean
+    if n >= 2:
+        weights.append(("best+half", pick(order[:1], 0.5)))
+    if not space.normalizes and n > 2:
+        weights.append(("mean", [1.0 / n] * n))
     cands = [space.candidate(w, origin=f"start:{space.method}:{tag}") for tag, w in weights]
     lo, hi = space.bounds()[:, 0], space.bounds()[:, 1]
     cands += [space.decode(rng.uniform(lo, hi), origin=f"start:{space.method}:random{k}") for k in range(RANDOM_STARTS)]
