@@ -8,11 +8,13 @@ this user.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,12 +35,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, ray_exclusive):
+def cluster(ray_exclusive):
     """HOST:PORT of a head node (1 CPU) joined by a second node (1 CPU)."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}  # RAY_AUTH_MODE: conftest
     ray_cli = str(Path(sys.executable).with_name("ray"))
     port = _free_port()
-    tmp = tmp_path_factory.mktemp("ray")
+    # Ray puts AF_UNIX sockets under the temp dir, and their paths may not exceed 107 bytes:
+    # pytest's own temp dirs under xdist (/tmp/pytest-of-root/pytest-24/popen-gw0/...) are
+    # too deep for the joining node's plasma socket, so a short one
+    tmp = Path(tempfile.mkdtemp(prefix="mg-ray-", dir="/tmp"))
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
     def ray_start(*args: str) -> None:
         done = subprocess.run([ray_cli, "start", *args, *common], env=env, capture_output=True, text=True, timeout=180)
@@ -51,6 +56,7 @@ def cluster(tmp_path_factory, ray_exclusive):
         yield f"127.0.0.1:{port}"
     finally:
         subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
