@@ -14,8 +14,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[dev,lmeval,ray]" "$(TORCH_PIN)"
+	@echo "setting up $(VENV): torch, then modelglue with its dev, lmeval and ray extras (1-3 minutes)"
+	$(PY) -m pip install --progress-bar off "$(TORCH_PIN)"
+	$(PY) -m pip install --progress-bar off -e ".[dev,lmeval,ray]" "$(TORCH_PIN)"
 	touch $(STAMP)
 
 # pytest exits 5 when it collects no test: that fails the target like any other failure.
