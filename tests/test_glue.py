@@ -89,9 +89,12 @@ def test_glue_config_errors(tmp_path, tiny_zoo):
     zoo.write_text(f"models: [{tiny_zoo}]\ntasks: [add]\nstrategies: [greedy]\n")
     with pytest.raises(ModelGlueError, match="unknown strategy 'greedy'"):
         load_glue_config(zoo, tmp_path / "out")
-    zoo.write_text(f"models: [{tiny_zoo}]\ntasks: add,rev\nbudget: 5\nrouters: hidden\n")
+    zoo.write_text(f"models: [{tiny_zoo}]\ntasks: [add]\npareto_budget: 0\n")
+    with pytest.raises(ModelGlueError, match="pareto_budget must be a positive integer"):
+        load_glue_config(zoo, tmp_path / "out")
+    zoo.write_text(f"models: [{tiny_zoo}]\ntasks: add,rev\nbudget: 5\nrouters: hidden\npareto_budget: 40\n")
     cfg = load_glue_config(zoo, tmp_path / "out")
-    assert cfg.tasks == ["add", "rev"] and cfg.budget == 5 and cfg.routers == ["hidden"]
+    assert cfg.tasks == ["add", "rev"] and cfg.budget == 5 and cfg.routers == ["hidden"] and cfg.pareto_budget == 40
     assert len(cfg.models) == len(json.loads((tiny_zoo / "zoo.json").read_text())["models"])
 
 

@@ -32,7 +32,7 @@ from modelglue.errors import ModelGlueError
 
 CONFIG_KEYS = {
     "models", "tasks", "budget", "limit", "test_limit", "strategies", "method", "routers", "threshold",
-    "cluster_method", "seed", "base", "baselines", "layer_groups", "pareto",
+    "cluster_method", "seed", "base", "baselines", "layer_groups", "pareto", "pareto_budget",
 }
 
 
@@ -54,6 +54,9 @@ class GlueConfig:
     baselines: bool = True  # also build the merge-everything and FFN-MoE baselines
     layer_groups: int = 1
     pareto: bool = True  # a Pareto front of the largest cluster on its two most trading-off tasks
+    # its budget: a front needs a short run per task weighting, more than one best merge
+    # does (default 2.5 x budget: 60 for the default 24)
+    pareto_budget: int | None = None
 
 
 def load_glue_config(path: str | Path, out_dir: str | Path, **overrides: Any) -> GlueConfig:
@@ -109,6 +112,8 @@ def _check_config(cfg: GlueConfig, where: str) -> None:
 
     if not isinstance(cfg.budget, int) or cfg.budget < 1:
         raise ModelGlueError(f"{where}: budget must be a positive integer")
+    if cfg.pareto_budget is not None and (not isinstance(cfg.pareto_budget, int) or cfg.pareto_budget < 1):
+        raise ModelGlueError(f"{where}: pareto_budget must be a positive integer")
     for s in cfg.strategies:
         if s not in STRATEGIES:
             raise ModelGlueError(f"{where}: unknown strategy {s!r} (known: {', '.join(sorted(STRATEGIES))})")
@@ -420,11 +425,12 @@ def _pareto(clusters: list[list[Path]], bases: list[Path], cfg: GlueConfig, out:
         log("pareto: no two tasks trade off inside the largest cluster; skipped")
         return None
     task_spec = [t for t in _task_specs(cfg.tasks, pair)]
-    log(f"pareto: cluster {k}, tasks {pair[0]} vs {pair[1]} (budget {cfg.budget})")
+    budget = cfg.pareto_budget or round(2.5 * cfg.budget)
+    log(f"pareto: cluster {k}, tasks {pair[0]} vs {pair[1]} (budget {budget})")
     from modelglue.search import search
 
     res = search([str(m) for m in members], task_spec, out / "clusters" / f"cluster{k}" / "pareto", strategy="pareto",
-                 base=str(bases[k]), method=cfg.method, budget=cfg.budget, resume=True, seed=cfg.seed,
+                 base=str(bases[k]), method=cfg.method, budget=budget, resume=True, seed=cfg.seed,
                  limit=cfg.limit, progress=log.on, log=(lambda line: log(f"pareto: {line}")) if log.on else None)
     return {"cluster": f"cluster{k}", "tasks": pair, "dir": str(res.out_dir), "plot": str(res.out_dir / "pareto.png"),
             "front": [{"validation": v.scores, "test": t.scores if t else {}, "describe": v.candidate.describe(),
