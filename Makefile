@@ -16,7 +16,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@echo "setting up $(VENV): torch, then modelglue with its dev, lmeval and ray extras (1-3 minutes)"
 	$(PY) -m pip install --progress-bar off "$(TORCH_PIN)"
-	$(PY) -m pip install --progress-bar off -e ".[dev,lmeval,ray]" "$(TORCH_PIN)"
+	@# pip's last phase ("Installing collected packages") prints nothing for a minute or more: a line every 20 s
+	$(PY) -m pip install --progress-bar off -e ".[dev,lmeval,ray]" "$(TORCH_PIN)" & pid=$$!; \
+	i=0; while kill -0 $$pid 2>/dev/null; do sleep 1; i=$$((i + 1)); \
+	  if [ $$((i % 20)) -eq 0 ]; then echo "  (pip still working: $$i s)"; fi; done; \
+	wait $$pid
 	touch $(STAMP)
 
 # pytest exits 5 when it collects no test: that fails the target like any other failure.
