@@ -121,6 +121,9 @@ def _validate(raw: dict, where: str, base_dir: Path | None) -> Recipe:
     for key in ("modules", "tokenizer"):
         if raw.get(key) is not None:
             raise ModelGlueError(f"{where}: key {key!r} is not supported yet (use 'slices' / 'tokenizer_source')")
+    if raw.get("chat_template") is not None:  # mergekit writes it; refused rather than silently dropped
+        raise ModelGlueError(f"{where}: key 'chat_template' is not supported yet (the output would keep the "
+                             "input tokenizer's template); remove it and set the template after merging")
     has_models, has_slices = raw.get("models") is not None, raw.get("slices") is not None
     if has_models == has_slices:
         raise ModelGlueError(f"{where}: give exactly one of 'models' or 'slices'")
