@@ -13,7 +13,8 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 import yaml
 
@@ -109,7 +110,8 @@ def _exists(path: Path) -> bool:
         return False
 
 
-def _validate(raw: dict, where: str, base_dir: Path | None) -> Recipe:
+def _check_top_level(raw: dict, where: str) -> Any:
+    """Known keys, a known merge_method, exactly one of models / slices; returns the method."""
     unknown = sorted(set(map(str, raw)) - TOP_LEVEL_KEYS)
     if unknown:
         raise ModelGlueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(TOP_LEVEL_KEYS))})")
@@ -124,112 +126,136 @@ def _validate(raw: dict, where: str, base_dir: Path | None) -> Recipe:
     if raw.get("chat_template") is not None:  # mergekit writes it; refused rather than silently dropped
         raise ModelGlueError(f"{where}: key 'chat_template' is not supported yet (the output would keep the "
                              "input tokenizer's template); remove it and set the template after merging")
-    has_models, has_slices = raw.get("models") is not None, raw.get("slices") is not None
-    if has_models == has_slices:
+    if (raw.get("models") is not None) == (raw.get("slices") is not None):
         raise ModelGlueError(f"{where}: give exactly one of 'models' or 'slices'")
+    return method
 
-    def model_path(value: Any, key: str) -> Path:
-        if isinstance(value, dict) and "model" in value:  # mergekit also accepts {model: ...}
-            value = value["model"]
-        if not isinstance(value, str) or not value.strip():
-            raise ModelGlueError(f"{where}: {key} must be a model directory path, got {value!r}")
-        p = Path(value).expanduser()
-        if not p.is_absolute() and not p.exists() and base_dir is not None and (base_dir / p).exists():
-            p = base_dir / p  # mergekit resolves against the working directory; fall back to the recipe's
-        if not p.exists():
-            hint = " (LoRA '+' references are not supported)" if "+" in value else (
-                " (modelglue reads local directories only; download the model first)" if value.count("/") == 1 else "")
-            raise ModelGlueError(f"{where}: {key}: model directory {value!r} not found{hint}")
-        return p
 
-    def params(value: Any, key: str) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise ModelGlueError(f"{where}: {key} must be a mapping of parameter names to values")
-        for name, setting in value.items():
-            _check_param_name(method.name, str(name), f"{where}: {key}.{name}")
-            _check_setting_shape(setting, f"{where}: {key}.{name}")
-            if (param := method.param(str(name))) is not None:  # types and ranges, before any file is read
-                _check_setting_values(param, setting, f"{where}: {key}.{name}")
-        return dict(value)
+def _model_path(value: Any, key: str, where: str, base_dir: Path | None) -> Path:
+    if isinstance(value, dict) and "model" in value:  # mergekit also accepts {model: ...}
+        value = value["model"]
+    if not isinstance(value, str) or not value.strip():
+        raise ModelGlueError(f"{where}: {key} must be a model directory path, got {value!r}")
+    p = Path(value).expanduser()
+    if not p.is_absolute() and not p.exists() and base_dir is not None and (base_dir / p).exists():
+        p = base_dir / p  # mergekit resolves against the working directory; fall back to the recipe's
+    if not p.exists():
+        hint = " (LoRA '+' references are not supported)" if "+" in value else (
+            " (modelglue reads local directories only; download the model first)" if value.count("/") == 1 else "")
+        raise ModelGlueError(f"{where}: {key}: model directory {value!r} not found{hint}")
+    return p
 
-    base = model_path(raw["base_model"], "base_model") if raw.get("base_model") is not None else None
-    slices: list[OutputSlice] = []
-    if has_models:
-        models = raw["models"]
-        if not isinstance(models, list) or not models:
-            raise ModelGlueError(f"{where}: 'models' must be a non-empty list")
+
+def _params(value: Any, key: str, where: str, method: Any) -> dict[str, Any]:
+    """A parameters mapping: known names, scalar / gradient / filtered shapes, and the
+    method's types and ranges, before any file is read."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ModelGlueError(f"{where}: {key} must be a mapping of parameter names to values")
+    for name, setting in value.items():
+        _check_param_name(method.name, str(name), f"{where}: {key}.{name}")
+        _check_setting_shape(setting, f"{where}: {key}.{name}")
+        if (param := method.param(str(name))) is not None:
+            _check_setting_values(param, setting, f"{where}: {key}.{name}")
+    return dict(value)
+
+
+def _models_slice(models: Any, base: Path | None, where: str, path: Callable[..., Path],
+                  params: Callable[..., dict]) -> OutputSlice:
+    """`models:` as one slice over every layer; the base joins the inputs, as in mergekit."""
+    if not isinstance(models, list) or not models:
+        raise ModelGlueError(f"{where}: 'models' must be a non-empty list")
+    sources = []
+    for i, m in enumerate(models):
+        if isinstance(m, str):
+            m = {"model": m}
+        if not isinstance(m, dict) or "model" not in m:
+            raise ModelGlueError(f"{where}: models[{i}] must be a mapping with a 'model' key")
+        extra = set(m) - {"model", "parameters"}
+        if extra:
+            raise ModelGlueError(f"{where}: models[{i}]: unknown key {sorted(extra)[0]!r}")
+        sources.append(SliceSource(path(m["model"], f"models[{i}].model"), None,
+                                   params(m.get("parameters"), f"models[{i}].parameters")))
+    paths = [s.model.resolve() for s in sources]
+    dup = next((p for p in paths if paths.count(p) > 1), None)
+    if dup is not None:
+        raise ModelGlueError(f"{where}: model {dup} is listed twice in 'models'")
+    if base is not None and base.resolve() not in paths:
+        sources.append(SliceSource(base, None, {}))
+    return OutputSlice(sources)
+
+
+def _layer_slices(raw_slices: Any, where: str, path: Callable[..., Path],
+                  params: Callable[..., dict]) -> list[OutputSlice]:
+    """`slices:` with `sources` over equal-length `layer_range`s."""
+    if not isinstance(raw_slices, list) or not raw_slices:
+        raise ModelGlueError(f"{where}: 'slices' must be a non-empty list")
+    slices = []
+    for i, s in enumerate(raw_slices):
+        key = f"slices[{i}]"
+        if not isinstance(s, dict) or not isinstance(s.get("sources"), list) or not s["sources"]:
+            raise ModelGlueError(f"{where}: {key} must be a mapping with a non-empty 'sources' list")
+        extra = set(s) - {"sources", "base_model", "parameters", "residual_weight"}
+        if extra:
+            raise ModelGlueError(f"{where}: {key}: unknown key {sorted(extra)[0]!r}")
         sources = []
-        for i, m in enumerate(models):
-            if isinstance(m, str):
-                m = {"model": m}
-            if not isinstance(m, dict) or "model" not in m:
-                raise ModelGlueError(f"{where}: models[{i}] must be a mapping with a 'model' key")
-            extra = set(m) - {"model", "parameters"}
+        for j, src in enumerate(s["sources"]):
+            k = f"{key}.sources[{j}]"
+            if not isinstance(src, dict) or "model" not in src:
+                raise ModelGlueError(f"{where}: {k} must be a mapping with 'model' and 'layer_range'")
+            extra = set(src) - {"model", "layer_range", "parameters"}
             if extra:
-                raise ModelGlueError(f"{where}: models[{i}]: unknown key {sorted(extra)[0]!r}")
-            sources.append(SliceSource(model_path(m["model"], f"models[{i}].model"), None,
-                                       params(m.get("parameters"), f"models[{i}].parameters")))
-        paths = [s.model.resolve() for s in sources]
-        dup = next((p for p in paths if paths.count(p) > 1), None)
-        if dup is not None:
-            raise ModelGlueError(f"{where}: model {dup} is listed twice in 'models'")
-        if base is not None and base.resolve() not in paths:
-            sources.append(SliceSource(base, None, {}))  # as mergekit: the base joins the inputs
-        slices.append(OutputSlice(sources))
+                raise ModelGlueError(f"{where}: {k}: unknown key {sorted(extra)[0]!r}")
+            lr = src.get("layer_range")
+            if not (isinstance(lr, list) and len(lr) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in lr)
+                    and 0 <= lr[0] < lr[1]):
+                raise ModelGlueError(f"{where}: {k}.layer_range must be [start, end) with 0 <= start < end, got {lr!r}")
+            sources.append(SliceSource(path(src["model"], f"{k}.model"), (lr[0], lr[1]),
+                                       params(src.get("parameters"), f"{k}.parameters")))
+        if len({src.layer_range[1] - src.layer_range[0] for src in sources}) != 1:  # type: ignore[index]
+            raise ModelGlueError(f"{where}: {key}: all sources of a slice must span the same number of layers")
+        sbase = path(s["base_model"], f"{key}.base_model") if s.get("base_model") else None
+        slices.append(OutputSlice(sources, sbase, params(s.get("parameters"), f"{key}.parameters")))
+    return slices
+
+
+def _check_input_counts(method: Any, s: OutputSlice, b: Path | None, where: str) -> None:
+    """The method's rules on the base and on how many models a slice merges."""
+    names = [src.model.resolve() for src in s.sources]
+    n = len(names)
+    if method.needs_base and (b is None or b.resolve() not in names):
+        raise ModelGlueError(f"{where}: merge_method {method.name!r} needs a base_model that is one of the inputs")
+    if method.optional_base and b is not None and b.resolve() not in names:
+        raise ModelGlueError(f"{where}: merge_method {method.name!r}: base_model {b} is not one of the slice's inputs")
+    if n < method.min_inputs or (method.max_inputs is not None and n > method.max_inputs):
+        raise ModelGlueError(f"{where}: merge_method {method.name!r} takes "
+                             f"{_count(method.min_inputs, method.max_inputs)} input model(s) per slice, got {n}")
+    others = n - (1 if method.uses_base and b is not None else 0)
+    if others < method.min_non_base or (method.max_non_base is not None and others > method.max_non_base):
+        raise ModelGlueError(f"{where}: merge_method {method.name!r} takes "
+                             f"{_count(method.min_non_base, method.max_non_base)} model(s) besides the base per "
+                             f"slice, got {others}")
+
+
+def _validate(raw: dict, where: str, base_dir: Path | None) -> Recipe:
+    """The whole recipe checked, model paths resolved, parameters typed and ranged, before
+    any model file is read; each problem is one line naming its key."""
+    method = _check_top_level(raw, where)
+    path = partial(_model_path, where=where, base_dir=base_dir)
+    params = partial(_params, where=where, method=method)
+    base = path(raw["base_model"], "base_model") if raw.get("base_model") is not None else None
+    if raw.get("models") is not None:
+        slices = [_models_slice(raw["models"], base, where, path, params)]
     else:
-        if not isinstance(raw["slices"], list) or not raw["slices"]:
-            raise ModelGlueError(f"{where}: 'slices' must be a non-empty list")
-        for i, s in enumerate(raw["slices"]):
-            key = f"slices[{i}]"
-            if not isinstance(s, dict) or not isinstance(s.get("sources"), list) or not s["sources"]:
-                raise ModelGlueError(f"{where}: {key} must be a mapping with a non-empty 'sources' list")
-            extra = set(s) - {"sources", "base_model", "parameters", "residual_weight"}
-            if extra:
-                raise ModelGlueError(f"{where}: {key}: unknown key {sorted(extra)[0]!r}")
-            sources = []
-            for j, src in enumerate(s["sources"]):
-                k = f"{key}.sources[{j}]"
-                if not isinstance(src, dict) or "model" not in src:
-                    raise ModelGlueError(f"{where}: {k} must be a mapping with 'model' and 'layer_range'")
-                extra = set(src) - {"model", "layer_range", "parameters"}
-                if extra:
-                    raise ModelGlueError(f"{where}: {k}: unknown key {sorted(extra)[0]!r}")
-                lr = src.get("layer_range")
-                if not (isinstance(lr, list) and len(lr) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in lr)
-                        and 0 <= lr[0] < lr[1]):
-                    raise ModelGlueError(f"{where}: {k}.layer_range must be [start, end) with 0 <= start < end, got {lr!r}")
-                sources.append(SliceSource(model_path(src["model"], f"{k}.model"), (lr[0], lr[1]),
-                                           params(src.get("parameters"), f"{k}.parameters")))
-            lengths = {s_.layer_range[1] - s_.layer_range[0] for s_ in sources}  # type: ignore[index]
-            if len(lengths) != 1:
-                raise ModelGlueError(f"{where}: {key}: all sources of a slice must span the same number of layers")
-            sbase = model_path(s["base_model"], f"{key}.base_model") if s.get("base_model") else None
-            slices.append(OutputSlice(sources, sbase, params(s.get("parameters"), f"{key}.parameters")))
-
+        slices = _layer_slices(raw["slices"], where, path, params)
     for s in slices:
-        b = s.base_model or base
-        names = [src.model.resolve() for src in s.sources]
-        n = len(names)
-        if method.needs_base and (b is None or b.resolve() not in names):
-            raise ModelGlueError(f"{where}: merge_method {method.name!r} needs a base_model that is one of the inputs")
-        if method.optional_base and b is not None and b.resolve() not in names:
-            raise ModelGlueError(f"{where}: merge_method {method.name!r}: base_model {b} is not one of the slice's inputs")
-        if n < method.min_inputs or (method.max_inputs is not None and n > method.max_inputs):
-            raise ModelGlueError(f"{where}: merge_method {method.name!r} takes "
-                                 f"{_count(method.min_inputs, method.max_inputs)} input model(s) per slice, got {n}")
-        others = n - (1 if method.uses_base and b is not None else 0)
-        if others < method.min_non_base or (method.max_non_base is not None and others > method.max_non_base):
-            raise ModelGlueError(f"{where}: merge_method {method.name!r} takes "
-                                 f"{_count(method.min_non_base, method.max_non_base)} model(s) besides the base per "
-                                 f"slice, got {others}")
-
+        _check_input_counts(method, s, s.base_model or base, where)
     tok = raw.get("tokenizer_source")
     if tok is not None and tok not in ("base",):
         if tok == "union":
             raise ModelGlueError(f"{where}: tokenizer_source 'union' is not supported (the inputs must share a vocabulary)")
-        tok = model_path(tok, "tokenizer_source")
+        tok = path(tok, "tokenizer_source")
     return Recipe(
         merge_method=method.name, slices=slices, base_model=base,
         parameters=params(raw.get("parameters"), "parameters"),
