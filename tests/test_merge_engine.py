@@ -363,3 +363,16 @@ def test_chat_template_is_refused_not_silently_dropped(tmp_path):
     assert "\n" not in str(err.value)
     del recipe["chat_template"]
     load_recipe(recipe)
+
+
+def test_exponents_without_a_dot_are_numbers_as_in_mergekit(tmp_path):
+    """PyYAML (YAML 1.1) reads `1e-9` as a string; mergekit's recipes mean a number."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(f"merge_method: karcher\nmodels:\n  - model: {tmp_path / 'a'}\n    parameters: {{weight: 5E-1}}\n"
+                      f"  - model: {tmp_path / 'b'}\nparameters:\n  tol: 1e-9\n  max_iter: 12\nname: 1e3x\n")
+    rec = load_recipe(recipe)
+    assert rec.parameters == {"tol": 1e-9, "max_iter": 12}
+    assert rec.slices[0].sources[0].parameters == {"weight": 0.5}
+    assert rec.raw["name"] == "1e3x"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +90,7 @@ def load_recipe(source: str | Path | dict, *, base_dir: Path | None = None) -> R
             where = str(path)
             base_dir = base_dir or path.parent
         try:
-            raw = yaml.safe_load(text)
+            raw = yaml.load(text, Loader=_RecipeLoader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -108,6 +109,17 @@ def _exists(path: Path) -> bool:
         return path.exists()
     except (OSError, ValueError):
         return False
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but `1e-9` and `1E5` are numbers, as YAML 1.2 and mergekit
+    read them (PyYAML follows YAML 1.1, which needs a dot: `1.0e-9`)."""
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
 def _check_top_level(raw: dict, where: str) -> Any:
