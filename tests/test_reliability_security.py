@@ -4,7 +4,7 @@
   torch.load(weights_only=True): a malicious pickle runs no code either way;
 * nothing in src/ asks for trust_remote_code, unsafe YAML, unrestricted torch.load,
   eval/exec or a shell (a grep over the sources, so new code is held to it too);
-* recipes are read with yaml.safe_load (the `!!python/object` case is in the catalogue of
+* recipes are read with a yaml.SafeLoader subclass (the `!!python/object` case is in the catalogue of
   test_reliability_inputs, which also checks the payload did not run);
 * names from files cannot make us read or write outside the directories given: a sharded
   index naming `../../evil.safetensors` or an absolute path is rejected, and tensor
@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+
+from modelglue.errors import ModelGlueError
 
 from test_reliability_support import shared_zygote, Zygote, assert_clean_failure, build_zoo, copy_model, leftovers, load_and_check
 
@@ -144,9 +146,16 @@ def test_every_torch_load_is_weights_only():
     assert calls, "the pickle reader moved: update this test"
 
 
-def test_recipes_are_read_with_safe_load():
-    text = (SRC / "recipe.py").read_text()
-    assert "yaml.safe_load(" in text
+def test_recipes_are_read_with_a_safe_loader():
+    """Recipes go through a subclass of yaml.SafeLoader (it only adds YAML 1.2 floats): a
+    Python tag is refused, nothing runs."""
+    import yaml
+
+    from modelglue.recipe import _RecipeLoader, load_recipe
+
+    assert issubclass(_RecipeLoader, yaml.SafeLoader)
+    with pytest.raises(ModelGlueError, match="unsupported YAML tag"):
+        load_recipe("merge_method: !!python/object/apply:os.system ['echo PWNED']\nmodels: []\n")
 
 
 # ----------------------------------------------------------------------------- paths from files

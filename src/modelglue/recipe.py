@@ -90,7 +90,11 @@ def load_recipe(source: str | Path | dict, *, base_dir: Path | None = None) -> R
             where = str(path)
             base_dir = base_dir or path.parent
         try:
-            raw = yaml.load(text, Loader=_RecipeLoader)
+            loader = _RecipeLoader(text)
+            try:
+                raw = loader.get_single_data()
+            finally:
+                loader.dispose()
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -112,8 +116,9 @@ def _exists(path: Path) -> bool:
 
 
 class _RecipeLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, but `1e-9` and `1E5` are numbers, as YAML 1.2 and mergekit
-    read them (PyYAML follows YAML 1.1, which needs a dot: `1.0e-9`)."""
+    """PyYAML's safe loader (plain YAML only: no Python tags), but `1e-9` and `1E5` are
+    numbers, as YAML 1.2 and mergekit read them (PyYAML follows YAML 1.1, which needs a
+    dot: `1.0e-9`)."""
 
 
 _RecipeLoader.add_implicit_resolver(
