@@ -69,7 +69,9 @@ def _kill_one_worker_after(journal: Path, rows: int, killed: list[int]) -> None:
     deadline = time.time() + 240
     while time.time() < deadline:
         try:
-            n = sqlite3.connect(journal).execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+            # read-only: a plain connect would create the file before the search does, and
+            # the search would then refuse an existing journal
+            n = sqlite3.connect(f"file:{journal}?mode=ro", uri=True).execute("SELECT COUNT(*) FROM scores").fetchone()[0]
         except sqlite3.Error:
             n = 0
         if n >= rows:
