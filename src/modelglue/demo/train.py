@@ -143,19 +143,7 @@ def train(model: torch.nn.Module, mix: list[tuple[str, bool, float]], steps: int
         logits = model(input_ids=ids).logits[:, :-1]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), lab[:, 1:].reshape(-1))
         if n_keep:
-            kids, klab = make_batch(keep, rng, n_keep)
-            hidden = keep_hidden > 0
-            with torch.no_grad():
-                target = teacher(input_ids=kids, output_hidden_states=hidden)
-            out = model(input_ids=kids, output_hidden_states=hidden)
-            at = klab[:, 1:] != -100
-            kept = torch.nn.functional.kl_div(out.logits[:, :-1][at].log_softmax(-1),
-                                              target.logits[:, :-1][at].log_softmax(-1), log_target=True,
-                                              reduction="batchmean")
-            if hidden:
-                real = (kids != PAD).unsqueeze(-1)
-                for h, t in zip(out.hidden_states[1:], target.hidden_states[1:]):
-                    kept = kept + keep_hidden * ((h - t).square() * real).sum() / (t.square() * real).sum()
+            kept = _keep_loss(model, teacher, *make_batch(keep, rng, n_keep), keep_hidden)
             loss = loss * (1 - n_keep / batch_size) + kept * (n_keep / batch_size)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -167,6 +155,25 @@ def train(model: torch.nn.Module, mix: list[tuple[str, bool, float]], steps: int
     model.eval()
     tail = losses[-50:]
     return sum(tail) / max(1, len(tail))
+
+
+def _keep_loss(model: torch.nn.Module, teacher: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor,
+               keep_hidden: float) -> torch.Tensor:
+    """How far `model` strays from `teacher` on keep examples: KL of the next-token
+    distributions on the answer positions, plus `keep_hidden` x the relative squared
+    change of every layer's hidden states at every non-pad position."""
+    hidden = keep_hidden > 0
+    with torch.no_grad():
+        target = teacher(input_ids=ids, output_hidden_states=hidden)
+    out = model(input_ids=ids, output_hidden_states=hidden)
+    at = labels[:, 1:] != -100
+    loss = torch.nn.functional.kl_div(out.logits[:, :-1][at].log_softmax(-1), target.logits[:, :-1][at].log_softmax(-1),
+                                      log_target=True, reduction="batchmean")
+    if hidden:
+        real = (ids != PAD).unsqueeze(-1)
+        for h, t in zip(out.hidden_states[1:], target.hidden_states[1:]):
+            loss = loss + keep_hidden * ((h - t).square() * real).sum() / (t.square() * real).sum()
+    return loss
 
 
 def save_model(model, tokenizer, out: Path) -> None:
