@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from modelglue.errors import ModelGlueError
+from modelglue.io.paths import check_outside_inputs
 
 CONFIG_KEYS = {
     "models", "tasks", "budget", "limit", "test_limit", "strategies", "method", "routers", "threshold",
@@ -171,9 +172,7 @@ def run_glue(cfg: GlueConfig, *, quiet: bool = False) -> dict:
 
     log = _Log(quiet)
     out = cfg.out_dir
-    for m in cfg.models:
-        if out.resolve() == m.resolve() or out.resolve().is_relative_to(m.resolve()):
-            raise ModelGlueError(f"output directory {out} lies inside input model {m}")
+    check_outside_inputs(out, cfg.models)
     out.mkdir(parents=True, exist_ok=True)
     tasks = cfg.tasks
     score = lambda path, split: _scores(evaluate_dir(path, tasks, split=split, limit=cfg.limit if split == "validation" else cfg.test_limit))  # noqa: E731

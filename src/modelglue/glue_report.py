@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
+
+from modelglue.io.paths import atomic_write
 
 KIND_LABEL = {
     "single": "single model", "uniform-merge": "uniform merge of a cluster", "merge-all": "merge of the largest group",
@@ -14,12 +15,6 @@ KIND_LABEL = {
 
 KIND_COLOR = {"single": "#9aa5b1", "uniform-merge": "#f0b429", "merge-all": "#de911d", "ffn-moe": "#8e44ad",
               "cluster-merge": "#2680c2", "model-glue": "#27ab83"}
-
-
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
 
 
 def results_chart(results: dict, path: Path) -> Path:
@@ -137,7 +132,7 @@ def write_report(results: dict, out: Path) -> None:
         "## Figures", "\n".join(f"![{t}]({p.relative_to(out)})" for t, p in images),
         f"Total time {results['seconds']} s. Full data in results.json.",
     ]) + "\n"
-    _atomic_write(out / "report.md", md)
+    atomic_write(out / "report.md", md)
 
     def img(path: Path) -> str:
         return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
@@ -156,5 +151,5 @@ def write_report(results: dict, out: Path) -> None:
         # the heatmap (one cell per model pair, labelled) and the results chart need the page's width
         figures=[{"title": t, "src": img(p), "wide": p.name in ("heatmap.png", "results.png")} for t, p in images],
         seconds=results["seconds"])
-    _atomic_write(out / "report.html", page)
-    _atomic_write(out / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write(out / "report.html", page)
+    atomic_write(out / "results.json", json.dumps(results, indent=2) + "\n")

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from modelglue.io.paths import atomic_write
 from modelglue.recipe import recipe_to_yaml
 
 if TYPE_CHECKING:  # run.py imports this module: its SearchResult is named, not imported
@@ -26,12 +26,6 @@ def _mean(rec: "Record | None") -> float | None:
     return float(np.mean(list(rec.scores.values())))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _entry(val: "Record", test: "Record | None") -> dict:
     c = val.candidate
     return {"origin": c.origin, "key": c.key, "recipe": c.recipe, **c.params(), "nonzero_models": c.nonzero(),
@@ -42,7 +36,7 @@ def _entry(val: "Record", test: "Record | None") -> dict:
 def write_outputs(result: "SearchResult", space: "SearchSpace") -> None:
     out, cfg = result.out_dir, result.config
     best = result.best
-    atomic_write_text(out / "best.yml", recipe_to_yaml(best.candidate.recipe))
+    atomic_write(out / "best.yml", recipe_to_yaml(best.candidate.recipe))
     files = ["best.yml", "journal.sqlite"]
     if cfg.save_model:
         from modelglue.merge import merge
@@ -53,7 +47,7 @@ def write_outputs(result: "SearchResult", space: "SearchSpace") -> None:
     if result.front:
         files.append(plot_front(result, out / "pareto.png"))
     result.summary = summary_table(result, space)
-    atomic_write_text(out / "summary.txt", result.summary + "\n")
+    atomic_write(out / "summary.txt", result.summary + "\n")
     files.append("summary.txt")
     payload = {
         "strategy": cfg.strategy, "method": cfg.method, "methods_searched": result.methods,
@@ -71,7 +65,7 @@ def write_outputs(result: "SearchResult", space: "SearchSpace") -> None:
         "screened": [_json_safe(r.to_json()) for r in result.screened],
         "files": files + ["results.json"],
     }
-    atomic_write_text(out / "results.json", json.dumps(_json_safe(payload), indent=1) + "\n")
+    atomic_write(out / "results.json", json.dumps(_json_safe(payload), indent=1) + "\n")
 
 
 def _json_safe(obj):
