@@ -21,6 +21,7 @@ import yaml
 
 from modelglue.errors import ModelGlueError
 from modelglue.methods import REGISTRY, get_method
+from modelglue.tokenizer_spec import TokenizerSpec, parse_tokenizer
 
 TOP_LEVEL_KEYS = {
     "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
@@ -54,7 +55,8 @@ class Recipe:
     parameters: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None
     out_dtype: str | None = None
-    tokenizer_source: str | Path | None = None  # 'base', a model path, or None (the base / first model)
+    tokenizer_source: str | Path | None = None  # 'base', 'union', a model path, or None (the base / first model)
+    tokenizer: TokenizerSpec | None = None  # tokenizer_source or the tokenizer: block; None: no vocabulary alignment
     raw: dict = field(default_factory=dict)  # the recipe as written, saved next to the output
 
     def models(self) -> list[Path]:
@@ -137,9 +139,8 @@ def _check_top_level(raw: dict, where: str) -> Any:
     if not isinstance(raw["merge_method"], str):
         raise ModelGlueError(f"{where}: merge_method must be a method name, got {raw['merge_method']!r}")
     method = get_method(raw["merge_method"])
-    for key in ("modules", "tokenizer"):
-        if raw.get(key) is not None:
-            raise ModelGlueError(f"{where}: key {key!r} is not supported yet (use 'slices' / 'tokenizer_source')")
+    if raw.get("modules") is not None:
+        raise ModelGlueError(f"{where}: key 'modules' is not supported yet (use 'slices')")
     if raw.get("chat_template") is not None:  # mergekit writes it; refused rather than silently dropped
         raise ModelGlueError(f"{where}: key 'chat_template' is not supported yet (the output would keep the "
                              "input tokenizer's template); remove it and set the template after merging")
@@ -268,17 +269,15 @@ def _validate(raw: dict, where: str, base_dir: Path | None) -> Recipe:
         slices = _layer_slices(raw["slices"], where, path, params)
     for s in slices:
         _check_input_counts(method, s, s.base_model or base, where)
-    tok = raw.get("tokenizer_source")
-    if tok is not None and tok not in ("base",):
-        if tok == "union":
-            raise ModelGlueError(f"{where}: tokenizer_source 'union' is not supported (the inputs must share a vocabulary)")
-        tok = path(tok, "tokenizer_source")
-    return Recipe(
+    rec = Recipe(
         merge_method=method.name, slices=slices, base_model=base,
         parameters=params(raw.get("parameters"), "parameters"),
         dtype=_dtype(raw.get("dtype"), "dtype", where), out_dtype=_dtype(raw.get("out_dtype"), "out_dtype", where),
-        tokenizer_source=tok, raw=raw,
+        raw=raw,
     )
+    rec.tokenizer = parse_tokenizer(raw, where, path, rec.models())
+    rec.tokenizer_source = rec.tokenizer.source if rec.tokenizer else None
+    return rec
 
 
 def _count(low: int, high: int | None) -> str:
