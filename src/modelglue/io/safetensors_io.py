@@ -66,6 +66,18 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]
     range, overlapping or non-contiguous data, and sizes that disagree with shapes.
     """
     path = Path(path)
+    header, data_start, size = _read_header_json(path)
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ModelGlueError(f"{path}: corrupt safetensors header (__metadata__ must map strings to strings)")
+    data_len = size - data_start
+    tensors = {name: _tensor_info(path, name, entry, data_start, data_len) for name, entry in header.items()}
+    _check_tiling(path, tensors, data_start, data_len)
+    return tensors, metadata
+
+
+def _read_header_json(path: Path) -> tuple[dict, int, int]:
+    """The header as a JSON object, where the data starts, and the file size."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -86,48 +98,46 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]
         raise ModelGlueError(f"{path}: corrupt safetensors header (not valid JSON)") from None
     if not isinstance(header, dict):
         raise ModelGlueError(f"{path}: corrupt safetensors header (not a JSON object)")
+    return header, 8 + n, size
 
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise ModelGlueError(f"{path}: corrupt safetensors header (__metadata__ must map strings to strings)")
-    data_start = 8 + n
-    data_len = size - data_start
-    tensors: dict[str, TensorInfo] = {}
-    spans = []
-    for name, entry in header.items():
-        where = f"{path}: tensor {name!r}"
-        if not isinstance(entry, dict) or set(entry) - {"dtype", "shape", "data_offsets"}:
-            raise ModelGlueError(f"{where}: malformed header entry")
-        tag = entry.get("dtype")
-        dtype = DTYPES.get(tag) if isinstance(tag, str) else None  # a list or dict tag is unhashable
-        if dtype is None:
-            raise ModelGlueError(f"{where}: unsupported dtype {entry.get('dtype')!r}")
-        shape, offsets = entry.get("shape"), entry.get("data_offsets")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-            raise ModelGlueError(f"{where}: malformed shape {shape!r}")
-        if not (
-            isinstance(offsets, list)
-            and len(offsets) == 2
-            and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-            and 0 <= offsets[0] <= offsets[1] <= data_len
-        ):
-            raise ModelGlueError(f"{where}: data offsets {offsets!r} out of range (data is {data_len} bytes)")
-        nbytes = math.prod(shape) * _itemsize(dtype)
-        if offsets[1] - offsets[0] != nbytes:
-            raise ModelGlueError(
-                f"{where}: {offsets[1] - offsets[0]} bytes stored but shape {shape} of {entry['dtype']} needs {nbytes}"
-            )
-        spans.append((offsets[0], offsets[1], name))
-        tensors[name] = TensorInfo(path, data_start + offsets[0], nbytes, dtype, tuple(shape))
-    # Data must be tiled exactly: no overlaps (aliasing tricks) and no holes.
+
+def _tensor_info(path: Path, name: str, entry: object, data_start: int, data_len: int) -> TensorInfo:
+    """One header entry, checked: known dtype, a shape of non-negative ints, offsets inside the data
+    that hold exactly shape x itemsize bytes."""
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(entry, dict) or set(entry) - {"dtype", "shape", "data_offsets"}:
+        raise ModelGlueError(f"{where}: malformed header entry")
+    tag = entry.get("dtype")
+    dtype = DTYPES.get(tag) if isinstance(tag, str) else None  # a list or dict tag is unhashable
+    if dtype is None:
+        raise ModelGlueError(f"{where}: unsupported dtype {entry.get('dtype')!r}")
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise ModelGlueError(f"{where}: malformed shape {shape!r}")
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        and 0 <= offsets[0] <= offsets[1] <= data_len
+    ):
+        raise ModelGlueError(f"{where}: data offsets {offsets!r} out of range (data is {data_len} bytes)")
+    nbytes = math.prod(shape) * _itemsize(dtype)
+    if offsets[1] - offsets[0] != nbytes:
+        raise ModelGlueError(
+            f"{where}: {offsets[1] - offsets[0]} bytes stored but shape {shape} of {entry['dtype']} needs {nbytes}"
+        )
+    return TensorInfo(path, data_start + offsets[0], nbytes, dtype, tuple(shape))
+
+
+def _check_tiling(path: Path, tensors: dict[str, TensorInfo], data_start: int, data_len: int) -> None:
+    """Data must be tiled exactly: no overlaps (aliasing tricks) and no holes."""
     end = 0
-    for begin, stop, name in sorted(spans):
+    for begin, nbytes, name in sorted((info.offset - data_start, info.nbytes, name) for name, info in tensors.items()):
         if begin != end:
             raise ModelGlueError(f"{path}: tensor {name!r} data overlaps or leaves a gap at byte {begin}")
-        end = stop
+        end = begin + nbytes
     if end != data_len:
         raise ModelGlueError(f"{path}: file is {data_len - end} bytes longer than its tensors (truncated or corrupt)")
-    return tensors, metadata
 
 
 def _itemsize(dtype: torch.dtype) -> int:
