@@ -154,14 +154,40 @@ def _model_path(value: Any, key: str, where: str, base_dir: Path | None) -> Path
         value = value["model"]
     if not isinstance(value, str) or not value.strip():
         raise ModelGlueError(f"{where}: {key} must be a model directory path, got {value!r}")
+    p = _local_path(value, base_dir)
+    if not p.exists() and "+" in value:
+        return _lora_reference(value, key, where, base_dir)
+    if not p.exists():
+        raise ModelGlueError(f"{where}: {key}: model directory {value!r} not found{_hub_hint(value)}")
+    return p
+
+
+def _local_path(value: str, base_dir: Path | None) -> Path:
     p = Path(value).expanduser()
     if not p.is_absolute() and not p.exists() and base_dir is not None and (base_dir / p).exists():
         p = base_dir / p  # mergekit resolves against the working directory; fall back to the recipe's
-    if not p.exists():
-        hint = " (LoRA '+' references are not supported)" if "+" in value else (
-            " (modelglue reads local directories only; download the model first)" if value.count("/") == 1 else "")
-        raise ModelGlueError(f"{where}: {key}: model directory {value!r} not found{hint}")
     return p
+
+
+def _hub_hint(value: str) -> str:
+    return " (modelglue reads local directories only; download the model first)" if value.count("/") == 1 else ""
+
+
+def _lora_reference(value: str, key: str, where: str, base_dir: Path | None) -> Path:
+    """`MODEL+ADAPTER`, mergekit's LoRA reference: each part found like a model path, then
+    carried as the one path 'MODEL+ADAPTER' (absolute parts), which io.Checkpoint opens
+    as MODEL with the PEFT adapter merged into each tensor as it is read."""
+    chunks = [c.strip() for c in value.split("+")]
+    if len(chunks) != 2 or not all(chunks):
+        raise ModelGlueError(f"{where}: {key}: {value!r} is not MODEL+ADAPTER (one '+' between two directories)")
+    model, adapter = (_local_path(c, base_dir) for c in chunks)
+    if not model.is_dir():
+        raise ModelGlueError(f"{where}: {key}: model directory {chunks[0]!r} not found{_hub_hint(chunks[0])}")
+    if not adapter.is_dir():
+        raise ModelGlueError(f"{where}: {key}: LoRA adapter directory {chunks[1]!r} not found{_hub_hint(chunks[1])}")
+    if not (adapter / "adapter_config.json").is_file():
+        raise ModelGlueError(f"{where}: {key}: {chunks[1]!r} is not a PEFT adapter directory (no adapter_config.json)")
+    return Path(f"{model.absolute()}+{adapter.absolute()}")
 
 
 def _params(value: Any, key: str, where: str, method: Any) -> dict[str, Any]:

@@ -5,17 +5,19 @@ import json
 import math
 import os
 import shutil
+import threading
 import uuid
 import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
 from modelglue.errors import ModelGlueError
 from modelglue.io.buffers import BufferPool
+from modelglue.io.lora import LoraAdapter, split_reference
 from modelglue.io.paths import check_outside_inputs
 from modelglue.io.safetensors_io import TensorInfo, map_tensor, read_header, read_tensor
 
@@ -33,21 +35,31 @@ class Checkpoint:
     Only headers are read on open (and validated); tensor data is read on demand by
     `get`. Pickle checkpoints are refused unless allow_pickle, and then loaded with
     torch.load(weights_only=True), which cannot execute code.
+
+    A `MODEL+ADAPTER` path (mergekit's LoRA reference) reads as MODEL with the PEFT LoRA
+    adapter merged into each tensor as it is read (see io/lora.py); `path` stays the
+    reference, `model_dir` is MODEL.
     """
 
     def __init__(self, path: str | Path, *, allow_pickle: bool = False):
         self.path = Path(path)
-        if not self.path.exists():
+        ref = split_reference(self.path)
+        self.model_dir = ref[0] if ref else self.path
+        if not self.model_dir.exists():
             raise ModelGlueError(f"{self.path}: model directory not found")
-        if not self.path.is_dir():
+        if not self.model_dir.is_dir():
             raise ModelGlueError(f"{self.path}: not a directory (expected a Hugging Face model directory)")
-        self.config = read_config(self.path)
+        self.config = read_config(self.model_dir)
         self._infos: dict[str, TensorInfo] = {}
         self._pickled: dict[str, torch.Tensor] | None = None
         self.files = self._find_weight_files(allow_pickle)
+        self.adapter = LoraAdapter(ref[1]) if ref else None
+        if self.adapter is not None:
+            self.adapter.check_model(str(self.model_dir), lambda n: self.shape(n) if n in self else None)
+            self._merged = _RecentTensors()
 
     def _find_weight_files(self, allow_pickle: bool) -> list[Path]:
-        index = self.path / "model.safetensors.index.json"
+        index = self.model_dir / "model.safetensors.index.json"
         if index.exists():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
@@ -64,12 +76,12 @@ class Checkpoint:
                 parts = PurePosixPath(name).parts if "\\" not in name else None
                 if not parts or parts[0] == "/" or ".." in parts or "\x00" in name:
                     raise ModelGlueError(f"{index}: shard {name!r} lies outside the model directory")
-            files = sorted(self.path / n for n in names)
+            files = sorted(self.model_dir / n for n in names)
             for f in files:
                 if not f.is_file():
                     raise ModelGlueError(f"{index}: shard {f.name} is missing")
         else:
-            files = sorted(self.path.glob("*.safetensors"))
+            files = sorted(self.model_dir.glob("*.safetensors"))
         if files:
             for f in files:
                 infos, _ = read_header(f)
@@ -78,8 +90,8 @@ class Checkpoint:
                         raise ModelGlueError(f"{self.path}: tensor {name!r} appears in two shards")
                     self._infos[name] = info
             return files
-        pickles = [self.path / n for n in PICKLE_FILES if (self.path / n).exists()]
-        pickles += sorted(self.path.glob("pytorch_model-*.bin"))
+        pickles = [self.model_dir / n for n in PICKLE_FILES if (self.model_dir / n).exists()]
+        pickles += sorted(self.model_dir.glob("pytorch_model-*.bin"))
         if pickles:
             if not allow_pickle:
                 raise ModelGlueError(
@@ -131,19 +143,27 @@ class Checkpoint:
     def get(self, name: str, pin_memory: bool = False, pool: BufferPool | None = None) -> torch.Tensor:
         """Read one tensor into owned memory (page-locked if pin_memory, for GPU copies;
         from `pool` if given)."""
+        if self.adapter is not None and name in self.adapter:
+            return self.adapter.apply(name, self._read(name, pin_memory, pool))
+        return self._read(name, pin_memory, pool)
+
+    def _read(self, name: str, pin_memory: bool = False, pool: BufferPool | None = None) -> torch.Tensor:
         if self._pickled is not None:
             t = self._pickled[self._check(name)]
             return t.pin_memory() if pin_memory else t.clone()
         return read_tensor(self._infos[self._check(name)], pin_memory, pool)
 
     def info(self, name: str) -> TensorInfo | None:
-        """Where the tensor lies on disk (file, offset, size); None for pickle checkpoints."""
-        return None if self._pickled is not None else self._infos[self._check(name)]
+        """Where the tensor lies on disk (file, offset, size); None for pickle checkpoints
+        and for tensors a LoRA adapter changes."""
+        return None if self._pickled is not None or self._patched(name) else self._infos[self._check(name)]
 
     def get_flat(self, name: str, start: int, stop: int, pin_memory: bool = False,
                  pool: BufferPool | None = None) -> torch.Tensor:
         """Elements [start, stop) of the flattened tensor, reading only those bytes
         (so a tensor can be streamed in blocks of rows)."""
+        if self._patched(name):
+            return self._merged_flat(name)[start:stop].clone()
         if self._pickled is not None:
             return self._pickled[self._check(name)].reshape(-1)[start:stop].clone()
         return read_tensor(self._part(name, start, stop), pin_memory, pool)
@@ -151,9 +171,19 @@ class Checkpoint:
     def map_flat(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Elements [start, stop) of the flattened tensor, mapped from the file rather
         than copied (see map_tensor: for brief, read-only uses)."""
+        if self._patched(name):
+            return self._merged_flat(name)[start:stop]
         if self._pickled is not None:
             return self.get_flat(name, start, stop)
         return map_tensor(self._part(name, start, stop))
+
+    def _patched(self, name: str) -> bool:
+        return self.adapter is not None and name in self.adapter
+
+    def _merged_flat(self, name: str) -> torch.Tensor:
+        """A changed tensor read in parts is merged whole once and kept while its parts
+        are read: B @ A of a few rows is not bit-identical to those rows of B @ A."""
+        return self._merged.get(name, lambda: self.get(name).reshape(-1))
 
     def _part(self, name: str, start: int, stop: int) -> TensorInfo:
         info = self._infos[self._check(name)]
@@ -167,6 +197,24 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         return f"Checkpoint({str(self.path)!r})"
+
+
+class _RecentTensors:
+    """The last few tensors computed, by name (thread-safe; the executor reads ahead)."""
+
+    KEEP = 3  # the tensor being merged and the two its prepare step may read ahead
+
+    def __init__(self) -> None:
+        self._items: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        with self._lock:
+            if name not in self._items:
+                self._items[name] = compute()
+                while len(self._items) > self.KEEP:
+                    del self._items[next(iter(self._items))]
+            return self._items[name]
 
 
 def read_config(path: Path) -> dict:
@@ -185,6 +233,8 @@ def read_config(path: Path) -> dict:
 def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
     """Copy tokenizer and generation-config files from a model directory."""
     copied = []
+    ref = split_reference(src)  # a LoRA reference: the model's tokenizer, as mergekit
+    src = ref[0] if ref else src
     for name in TOKENIZER_FILES + ("generation_config.json",):
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from modelglue.errors import ModelGlueError
+from modelglue.io.lora import model_directory
 from modelglue.search.backends import make_backend
 from modelglue.search.context import BudgetExhausted, Objective, Record, SearchContext, fidelity_rungs
 from modelglue.search.journal import Journal
@@ -123,7 +124,7 @@ def run_search(config: SearchConfig, scorer: Any = None) -> SearchResult:
     start = time.perf_counter()
     get_strategy(config.strategy)
     for m in list(config.models) + ([config.base] if config.base else []):
-        if not Path(m).is_dir():
+        if not model_directory(m).is_dir():  # a MODEL+ADAPTER reference names its model's directory
             raise ModelGlueError(f"model directory not found: {m}")
     budget = config.budget if config.budget is not None else DEFAULT_BUDGET[config.strategy]
     if budget < 1:

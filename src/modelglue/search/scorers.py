@@ -89,7 +89,10 @@ class MergeScorer:
             hf_logging.disable_progress_bar()  # the search shows its own progress
             if self.threads:
                 torch.set_num_threads(self.threads)
-            model, tokenizer = load_model(self.reference, device=self.device, dtype=torch.float32)
+            from modelglue.io.lora import model_directory
+
+            # the skeleton every merge is written into: a MODEL+ADAPTER reference's MODEL
+            model, tokenizer = load_model(model_directory(self.reference), device=self.device, dtype=torch.float32)
             self._state = {"model": model, "tokenizer": tokenizer, "merger": InMemoryMerger(device=self.device)}
         return self._state
 
