@@ -123,6 +123,40 @@ def merge_cmd(recipe: Path, out_dir: Path, device: str, threads: int | None, sha
     click.echo(f"merged into {out_dir} in {time.perf_counter() - start:.1f}s")
 
 
+@main.command("extract-lora")
+@click.argument("base", type=click.Path(path_type=Path))
+@click.argument("tuned", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--rank", "--max-rank", "rank", type=int, default=128, show_default=True,
+              help="Largest LoRA rank (mergekit-extract-lora's --max-rank).")
+@click.option("--include-regex", "-i", "include", multiple=True, help="Decompose only modules matching (re.search).")
+@click.option("--exclude-regex", "-e", "exclude", multiple=True, help="Leave out modules matching (re.search).")
+@click.option("--embed-lora/--no-embed-lora", default=False, show_default=True,
+              help="LoRA on the input embedding (else embeddings and lm_head are saved at full rank).")
+@click.option("--save-module", "save_modules", multiple=True, help="Save this module (name or last part) at full rank.")
+@click.option("--sv-epsilon", type=float, default=0.0, show_default=True, help="Drop singular values at or below this.")
+@click.option("--distribute-scale/--no-distribute-scale", default=True, show_default=True,
+              help="Split the singular values between lora_A and lora_B as their square roots.")
+@click.option("--skip-undecomposable", is_flag=True, help="Leave out 1-D weights (norms) instead of saving them whole.")
+@click.option("--device", default="cpu", show_default=True, help="Where the SVDs run: cpu or cuda.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
+@click.option("--quiet", "-q", is_flag=True, help="No per-module progress.")
+def extract_lora_cmd(base: Path, tuned: Path, out_dir: Path, rank: int, include: tuple[str, ...],
+                     exclude: tuple[str, ...], embed_lora: bool, save_modules: tuple[str, ...], sv_epsilon: float,
+                     distribute_scale: bool, skip_undecomposable: bool, device: str, overwrite: bool,
+                     quiet: bool) -> None:
+    """Write a PEFT LoRA adapter for TUNED - BASE (truncated SVD per linear weight) to OUT_DIR."""
+    from modelglue.extract_lora import ExtractOptions, extract_lora
+
+    opts = ExtractOptions(rank, include, exclude, embed_lora, save_modules, sv_epsilon, distribute_scale,
+                          skip_undecomposable, device)
+    summary = extract_lora(base, tuned, out_dir, opts, overwrite=overwrite, progress=not quiet and sys.stderr.isatty())
+    errors = list(summary["errors"].values())
+    click.echo(f"wrote {out_dir}: {summary['modules']} modules at rank <= {summary['rank']} "
+               f"(relative error mean {sum(errors) / len(errors):.3g}, max {max(errors):.3g}), "
+               f"{len(summary['saved'])} tensors at full rank")
+
+
 # ---- demo zoo and evaluation (modelglue.demo, modelglue.evaluate) --------------------
 
 @zoo.command("build-demo")

@@ -9,7 +9,8 @@ saves a merged copy; we apply the same update to each tensor when it is read:
 
 with PEFT's per-module `rank_pattern` / `alpha_pattern`, `fan_in_fan_out` (the update
 transposed), embedding LoRAs (`lora_embedding_A/B`, the update transposed), `lora_bias`
-(b' = b + scale * lora_B.bias), `modules_to_save` (the adapter's full tensor replaces
+(b' = b + scale * lora_B.bias, only when the config sets lora_bias, as in PEFT),
+`modules_to_save` (the adapter's full tensor replaces
 the model's) and saved embedding layers (`<module>.base_layer.weight`, which PEFT writes
 when it targets an embedding: it replaces the model's before the update is added). Arithmetic follows PEFT's merge: B @ A in float32 (PEFT upcasts half
 adapters on CPU), times the scale, added in place to the weight in its own dtype.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -236,6 +238,10 @@ def _updates(path: Path, config: dict, infos: dict[str, TensorInfo]) -> dict[str
     for (module, kind), found in parts.items():
         for name, update in _module_updates(path, config, module, kind, found).items():
             updates.setdefault(name, []).append(update)
+    unused = sum("bias" in found for found in parts.values()) if not config.get("lora_bias") else 0
+    if unused:  # PEFT loads them into nothing (lora_B has no bias), so mergekit's merge lacks them too
+        print(f"warning: {path}: lora_B.bias of {unused} module(s) ignored, as PEFT does: "
+              "adapter_config.json does not set lora_bias", file=sys.stderr, flush=True)
     return updates
 
 
@@ -258,6 +264,6 @@ def _module_updates(path: Path, config: dict, module: str, kind: str,
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     transpose = kind == "embedding" or bool(config.get("fan_in_fan_out"))
     out: dict[str, Update] = {f"{module}.weight": LowRankUpdate(a, b, scale, transpose)}
-    if "bias" in found:
+    if "bias" in found and config.get("lora_bias"):
         out[f"{module}.bias"] = BiasUpdate(found["bias"], scale)
     return out
