@@ -16,22 +16,29 @@ from tqdm.auto import tqdm
 from modelglue.evaluate.tasks import sample_train
 
 # ----------------------------------------------------------------------------------
-# Tokenizer: one token per character. Every family shares it, which a model-level
-# mixture needs (experts must read the same ids).
+# Tokenizer: one token per character. Families A, B and C share it; family D reads the
+# same characters under other ids (`vocab_seed`): it can be mixed with them, never merged.
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHARS = list(string.printable[:95]) + ["\n"]  # printable ASCII incl. space, then newline
 PAD, BOS, EOS, UNK = range(4)
 
 
-def build_tokenizer():
+def token_ids(vocab_seed: int | None = None) -> dict[str, int]:
+    """Token string -> id: the specials first, then the characters, shuffled by `vocab_seed`."""
+    chars = list(CHARS)
+    if vocab_seed is not None:
+        random.Random(vocab_seed).shuffle(chars)
+    return {t: i for i, t in enumerate(SPECIALS + chars)}
+
+
+def build_tokenizer(vocab_seed: int | None = None):
     """A fast char-level tokenizer that prepends BOS (so lm-eval and our eval encode
     prompts identically with the tokenizer's defaults)."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors, decoders
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {t: i for i, t in enumerate(SPECIALS + CHARS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok = Tokenizer(models.WordLevel(vocab=token_ids(vocab_seed), unk_token="<unk>"))
     # Split on the empty pattern, keeping each character as its own piece.
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(""), behavior="isolated")
     tok.post_processor = processors.TemplateProcessing(
@@ -74,17 +81,16 @@ def make_model(arch: str, size: dict, seed: int) -> torch.nn.Module:
 # Batches: the token ids of "<s>prompt" + "answer\n</s>", right-padded; the loss is
 # on the answer only (the prompt is given at test time, never generated).
 
-_IDS = {c: i + len(SPECIALS) for i, c in enumerate(CHARS)}
-
-
-def make_batch(mix: list[tuple[str, bool, float]], rng: random.Random, batch_size: int):
+def make_batch(mix: list[tuple[str, bool, float]], rng: random.Random, batch_size: int,
+               vocab_seed: int | None = None):
     """`mix` lists (task, hard, weight). Returns input_ids, labels (-100 where no loss)."""
+    ids_of = token_ids(vocab_seed)
     tasks, weights = [m[:2] for m in mix], [m[2] for m in mix]
     rows, labels = [], []
     for task, hard in rng.choices(tasks, weights, k=batch_size):
         prompt, answer = sample_train(task, rng, hard)
-        p = [BOS] + [_IDS[c] for c in prompt]
-        a = [_IDS[c] for c in answer + "\n"] + [EOS]
+        p = [BOS] + [ids_of[c] for c in prompt]
+        a = [ids_of[c] for c in answer + "\n"] + [EOS]
         rows.append(p + a)
         labels.append([-100] * len(p) + a)
     width = max(map(len, rows))
@@ -100,7 +106,7 @@ def train(model: torch.nn.Module, mix: list[tuple[str, bool, float]], steps: int
           seed: int, batch_size: int = 64, warmup: int = 50, desc: str = "train",
           teacher: torch.nn.Module | None = None,
           keep: list[tuple[str, bool, float]] | None = None, keep_share: float = 0.3,
-          keep_hidden: float = 0.0, log_every: float = 0.0) -> float:
+          keep_hidden: float = 0.0, log_every: float = 0.0, vocab_seed: int | None = None) -> float:
     """AdamW with linear warmup and cosine decay.
 
     With a `teacher` (the parent), `keep_share` of every batch is drawn from the `keep`
@@ -118,8 +124,8 @@ def train(model: torch.nn.Module, mix: list[tuple[str, bool, float]], steps: int
     docs/demo_and_eval.md).
 
     Where no step bar is drawn (stderr not a terminal, or bars disabled), `log_every` > 0
-    writes a line to stderr every that many seconds instead. Returns the mean loss of the
-    last 50 steps."""
+    writes a line to stderr every that many seconds instead. `vocab_seed` names the model's
+    tokenizer (see token_ids). Returns the mean loss of the last 50 steps."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
@@ -139,11 +145,11 @@ def train(model: torch.nn.Module, mix: list[tuple[str, bool, float]], steps: int
         for g in opt.param_groups:
             g["lr"] = lr * warm * (0.1 + 0.9 * cos)
         n_keep = round(batch_size * keep_share) if teacher is not None else 0
-        ids, lab = make_batch(mix, rng, batch_size - n_keep)
+        ids, lab = make_batch(mix, rng, batch_size - n_keep, vocab_seed)
         logits = model(input_ids=ids).logits[:, :-1]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), lab[:, 1:].reshape(-1))
         if n_keep:
-            kept = _keep_loss(model, teacher, *make_batch(keep, rng, n_keep), keep_hidden)
+            kept = _keep_loss(model, teacher, *make_batch(keep, rng, n_keep, vocab_seed), keep_hidden)
             loss = loss * (1 - n_keep / batch_size) + kept * (n_keep / batch_size)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -93,9 +93,14 @@ def _copy(rng: random.Random, hard: bool) -> tuple[str, str]:
     return f"copy {s}=", s
 
 
+def _dup(rng: random.Random, hard: bool) -> tuple[str, str]:
+    s = _word(rng, 1, 5 if hard else 3)
+    return f"dup {s}=", "".join(c + c for c in s)
+
+
 GENERATORS: dict[str, Callable[[random.Random, bool], tuple[str, str]]] = {
     "add": _add, "sub": _sub, "rev": _rev, "upper": _upper,
-    "sort": _sort, "count": _count, "copy": _copy,
+    "sort": _sort, "count": _count, "copy": _copy, "dup": _dup,
 }
 BUILTIN_TASKS = tuple(GENERATORS)
 

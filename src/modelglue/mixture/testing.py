@@ -22,7 +22,7 @@ def make_tiny_expert(out: str | Path, arch: str = "llama", seed: int = 0, like: 
     from modelglue.demo.train import BOS, EOS, PAD, build_tokenizer, save_tokenizer
 
     out = Path(out)
-    tok = build_tokenizer() if vocab_seed is None else _shuffled_tokenizer(vocab_seed)
+    tok = build_tokenizer(vocab_seed)
     torch.manual_seed(seed)
     if like is not None:
         model = AutoModelForCausalLM.from_pretrained(like)
@@ -45,24 +45,3 @@ def make_tiny_expert(out: str | Path, arch: str = "llama", seed: int = 0, like: 
     save_tokenizer(tok, out)
     model.generation_config.save_pretrained(out)
     return out
-
-
-def _shuffled_tokenizer(seed: int):
-    """The demo char tokenizer with the characters' ids permuted (specials kept)."""
-    import random
-
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    from modelglue.demo.train import BOS, CHARS, SPECIALS
-
-    chars = list(CHARS)
-    random.Random(seed).shuffle(chars)
-    vocab = {t: i for i, t in enumerate(SPECIALS + chars)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(""), behavior="isolated")
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
-                                                       special_tokens=[("<s>", BOS)])
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>", padding_side="left", model_max_length=64)
