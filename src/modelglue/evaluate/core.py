@@ -12,8 +12,8 @@ import torch
 from modelglue.errors import ModelGlueError
 from modelglue.evaluate.cache import cache_dir
 from modelglue.io.paths import atomic_write
-from modelglue.evaluate.generate import choice_loglikelihoods, greedy_generate
 from modelglue.evaluate.tasks import Task, load_tasks
+from modelglue.evaluate.textlm import TextLM, text_lm
 
 CACHE_VERSION = 1  # bump when scoring changes, so old cached scores are not reused
 
@@ -30,6 +30,14 @@ def load_model(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype | 
     return model, tokenizer
 
 
+def load_text_lm(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype | None = None) -> TextLM:
+    """A model directory (an ordinary model or a model-level mixture, whatever its
+    experts' tokenizers) as a text-level model: `.greedy(prompts, max_new_tokens)`,
+    `.loglikelihoods([(context, continuation), ...])`."""
+    model, tokenizer = load_model(model_dir, device=device, dtype=dtype)
+    return text_lm(model, tokenizer)
+
+
 def _is_lm_eval(item) -> bool:
     return isinstance(item, str) and item.strip().startswith("lm_eval:")
 
@@ -42,20 +50,24 @@ def _split_spec(tasks) -> tuple[list, list[str]]:
     return ours, lm
 
 
-def score_task(model: torch.nn.Module, tokenizer, task: Task, limit: int | None = None,
+def score_task(model: torch.nn.Module | TextLM, tokenizer, task: Task, limit: int | None = None,
                batch_size: int = 256) -> dict:
-    """One task's result: {"score", "metric", "n", "kind", "outputs"}."""
+    """One task's result: {"score", "metric", "n", "kind", "outputs"}. `model` is a causal
+    LM read through `tokenizer`, or anything `text_lm` accepts (e.g. a model-level mixture)."""
+    lm = text_lm(model, tokenizer)
     examples = task.examples[:limit] if limit else task.examples
     if task.kind == "choice":
-        preds = [max(range(len(e["choices"])),
-                     key=lambda j, s=choice_loglikelihoods(model, tokenizer, e["prompt"], e["choices"]): s[j])
-                 for e in examples]
+        scores = lm.loglikelihoods([(e["prompt"], c) for e in examples for c in e["choices"]])
+        preds, at = [], 0
+        for e in examples:
+            row = [s for s, _ in scores[at: at + len(e["choices"])]]
+            preds.append(max(range(len(row)), key=row.__getitem__))
+            at += len(row)
         hits = [p == e["answer"] for p, e in zip(preds, examples)]
         outputs = [e["choices"][p] for p, e in zip(preds, examples)]
         metric = "acc"
     else:
-        outputs = greedy_generate(model, tokenizer, [e["prompt"] for e in examples],
-                                  task.max_new_tokens, batch_size=batch_size)
+        outputs = lm.greedy([e["prompt"] for e in examples], task.max_new_tokens, batch_size=batch_size)
         hits = [o == e["answer"] for o, e in zip(outputs, examples)]
         metric = "exact_match"
     return {"score": sum(hits) / max(1, len(hits)), "metric": metric, "n": len(hits),
@@ -69,7 +81,7 @@ def _summary(per_task: dict[str, dict], split: str, limit: int | None) -> dict:
             "split": split, "limit": limit}
 
 
-def evaluate(model: torch.nn.Module, tokenizer, tasks, split: str = "validation",
+def evaluate(model: torch.nn.Module | TextLM, tokenizer, tasks, split: str = "validation",
              limit: int | None = None, batch_size: int = 256, keep_outputs: bool = False) -> dict:
     """Score an in-memory causal LM. Never cached: the caller may change the weights
     between calls. `tasks`: "all", names, JSONL paths, `lm_eval:NAME`, or Task objects.
@@ -78,8 +90,9 @@ def evaluate(model: torch.nn.Module, tokenizer, tasks, split: str = "validation"
     "kind", ...}}, "split", "limit"} (plus "outputs" per task in details if keep_outputs).
     """
     ours, lm = _split_spec(tasks)
-    was_training = model.training
-    model.eval()
+    was_training = getattr(model, "training", False)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
     per_task: dict[str, dict] = {}
     try:
         for task in (load_tasks(ours, split) if ours else []):
@@ -91,7 +104,8 @@ def evaluate(model: torch.nn.Module, tokenizer, tasks, split: str = "validation"
                                          batch_size=batch_size).items():
                 per_task[f"lm_eval:{name}"] = res
     finally:
-        model.train(was_training)
+        if isinstance(model, torch.nn.Module):
+            model.train(was_training)
     out = _summary(per_task, split, limit)
     if keep_outputs:
         for k, v in per_task.items():

@@ -10,6 +10,8 @@ import inspect
 
 import torch
 
+from modelglue.evaluate.loglik import continuation_scores
+
 
 def _logits(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.logits
@@ -100,31 +102,7 @@ def greedy_generate(model: torch.nn.Module, tokenizer, prompts: list[str], max_n
     return outputs
 
 
-@torch.no_grad()
 def choice_loglikelihoods(model: torch.nn.Module, tokenizer, prompt: str, choices: list[str]) -> list[float]:
     """Sum of log-probabilities of each choice's tokens after `prompt` (as lm-eval
     computes them: encode prompt+choice, the continuation is what follows the prompt's ids)."""
-    device = next(model.parameters()).device
-    ctx = tokenizer(prompt)["input_ids"]
-    rows, conts = [], []
-    for c in choices:
-        whole = tokenizer(prompt + c)["input_ids"]
-        # A tokenizer that merges across the boundary: fall back to encoding apart.
-        if whole[: len(ctx)] != ctx:
-            whole = ctx + tokenizer(c, add_special_tokens=False)["input_ids"]
-        rows.append(whole)
-        conts.append(len(whole) - len(ctx))
-    width = max(map(len, rows))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), width), pad, device=device)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):  # right padding: positions start at 0 in every row
-        ids[i, : len(r)] = torch.tensor(r, device=device)
-        mask[i, : len(r)] = 1
-    logp = torch.log_softmax(_logits(model(input_ids=ids, attention_mask=mask)).float(), dim=-1)
-    scores = []
-    for i, r in enumerate(rows):
-        n = conts[i]
-        target = ids[i, len(r) - n: len(r)]
-        scores.append(float(logp[i, len(r) - n - 1: len(r) - 1].gather(-1, target[:, None]).sum()))
-    return scores
+    return [score for score, _ in continuation_scores(model, tokenizer, prompt, choices)]

@@ -8,7 +8,9 @@ so that, offline,
 scores exactly what `modelglue eval MODEL_DIR --tasks add --split test` scores (greedy,
 stop at newline, exact match). `modelglue_<task>` uses the test split,
 `modelglue_<task>_val` the validation split; the group `modelglue` holds all test tasks.
-`run_lm_eval` scores an in-memory model through `lm_eval.simple_evaluate`.
+`run_lm_eval` scores an in-memory model through `lm_eval.simple_evaluate`: an ordinary
+model through lm-eval's HFLM, a model-level mixture (experts with their own tokenizers)
+through its text interface (`_text_lm_adapter`).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from modelglue.errors import ModelGlueError
 from modelglue.evaluate.tasks import BUILTIN_TASKS, SPLITS, Task, load_tasks
+from modelglue.evaluate.textlm import HFTextLM, TextLM, text_lm
 
 
 def _require_lm_eval():
@@ -100,13 +103,18 @@ def run_lm_eval(model, tokenizer, names: list[str], split: str = "test", limit: 
     paths = [str(_builtin_export_dir())] + ([str(include_path)] if include_path else [])
     mapped = {n: (lm_eval_name(n, split) if n in BUILTIN_TASKS else n) for n in names}
     # Indexing lm-eval's thousands of built-in task YAMLs takes many seconds: skip it
-    # when every task is ours.
-    ours_only = all(n in BUILTIN_TASKS for n in names) and include_path is None
-    manager = TaskManager(include_path=paths, include_defaults=not ours_only)
+    # when every task is in our exported tasks or the include path.
+    manager = TaskManager(include_path=paths, include_defaults=False)
+    if any(t not in manager.all_tasks for t in mapped.values()):
+        manager = TaskManager(include_path=paths, include_defaults=True)
     unknown = [t for t in mapped.values() if t not in manager.all_tasks]
     if unknown:
         raise ModelGlueError(f"unknown lm-eval task(s): {', '.join(unknown)}")
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    text = text_lm(model, tokenizer)
+    # An ordinary model goes through lm-eval's own HFLM (what `lm_eval --model hf` scores);
+    # a model that tokenizes by itself (a model-level mixture) through its text interface.
+    lm = (HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size) if isinstance(text, HFTextLM)
+          else _text_lm_adapter(text, batch_size))
     out = lm_eval.simple_evaluate(model=lm, tasks=list(mapped.values()), task_manager=manager, limit=limit,
                                   log_samples=False, bootstrap_iters=0, verbosity="ERROR")
     results: dict[str, dict] = {}
@@ -117,3 +125,35 @@ def run_lm_eval(model, tokenizer, names: list[str], split: str = "test", limit: 
         n = out.get("n-samples", {}).get(lm_name, {}).get("effective")
         results[name] = {"score": float(res[metric]), "metric": metric.split(",")[0], "n": n, "kind": "lm_eval"}
     return results
+
+
+def _text_lm_adapter(text: TextLM, batch_size: int = 64):
+    """An lm-eval `LM` over our text interface (defined here: lm-eval is optional).
+
+    generate_until is greedy and stops at a newline (or EOS), as our generation tasks do,
+    then also at the request's `until` strings; loglikelihood_rolling scores the whole
+    text after the BOS token."""
+    from lm_eval.api.model import LM
+
+    class TextLMAdapter(LM):
+        def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+            return text.loglikelihoods([tuple(r.args) for r in requests])
+
+        def loglikelihood_rolling(self, requests) -> list[float]:
+            return [s for s, _ in text.loglikelihoods([("", r.args[0]) for r in requests])]
+
+        def generate_until(self, requests) -> list[str]:
+            out = [""] * len(requests)
+            by_length: dict[int, list[int]] = {}  # one batched call per max_gen_toks
+            for i, r in enumerate(requests):
+                by_length.setdefault(int(r.args[1].get("max_gen_toks", 256)), []).append(i)
+            for max_new, rows in by_length.items():
+                got = text.greedy([requests[i].args[0] for i in rows], max_new, batch_size=batch_size)
+                for i, g in zip(rows, got):
+                    until = requests[i].args[1].get("until") or []
+                    for stop in [until] if isinstance(until, str) else until:
+                        g = g.split(stop, 1)[0] if stop else g
+                    out[i] = g
+            return out
+
+    return TextLMAdapter()

@@ -151,7 +151,8 @@ class ModelMixtureForCausalLM(PreTrainedModel, GenerationMixin):
     def _check_shared_tokenizer(self) -> None:
         if not getattr(self.config, "shared_tokenizer", True):
             raise ModelGlueError("these experts each read their own tokenizer, so token ids cannot be shared: "
-                                 "use generate_text(prompts)")
+                                 "drive the mixture through text (model.text_lm(): greedy, loglikelihoods; "
+                                 "or generate_text(prompts))")
 
     def load_tokenizers(self, path: str | None = None) -> list:
         """Each expert's tokenizer, from the mixture directory (`path`, default the one
@@ -161,9 +162,24 @@ class ModelMixtureForCausalLM(PreTrainedModel, GenerationMixin):
         from transformers import AutoTokenizer
 
         root = Path(path or self.config._name_or_path or ".")
-        if getattr(self.config, "shared_tokenizer", True):
-            return [AutoTokenizer.from_pretrained(root)] * len(self.experts)
-        return [AutoTokenizer.from_pretrained(root / "tokenizers" / str(i)) for i in range(len(self.experts))]
+        try:
+            if getattr(self.config, "shared_tokenizer", True):
+                return [AutoTokenizer.from_pretrained(root)] * len(self.experts)
+            return [AutoTokenizer.from_pretrained(root / "tokenizers" / str(i)) for i in range(len(self.experts))]
+        except (OSError, ValueError) as exc:
+            raise ModelGlueError(f"{root}: cannot load the mixture's tokenizers ({str(exc).splitlines()[0][:120]})") from None
+
+    def text_lm(self, tokenizer=None, tokenizers: list | None = None) -> "MixtureTextLM":
+        """The mixture as a text-level model (modelglue.evaluate.TextLM): the router reads
+        each prompt with its encoder's tokenizer, the chosen expert continues or scores it
+        with its own. `tokenizers`: one per expert (default: the mixture directory's);
+        `tokenizer` alone serves every expert when they share one."""
+        if tokenizers is None:
+            shared = getattr(self.config, "shared_tokenizer", True)
+            tokenizers = [tokenizer] * len(self.experts) if shared and tokenizer is not None else self.load_tokenizers()
+        if len(tokenizers) != len(self.experts):
+            raise ModelGlueError(f"{len(tokenizers)} tokenizers for {len(self.experts)} experts")
+        return MixtureTextLM(self, tokenizers)
 
     @torch.no_grad()
     def generate_text(self, prompts: list[str], tokenizers: list | None = None, **kwargs) -> list[str]:
@@ -218,6 +234,56 @@ class ModelMixtureForCausalLM(PreTrainedModel, GenerationMixin):
         for out_rows, out in pieces:
             result[out_rows.to(result.device), : out.shape[1]] = out.to(result.device)
         return result
+
+
+class MixtureTextLM:
+    """A model-level mixture driven through text (see modelglue.evaluate.textlm).
+
+    Each prompt (each context, for log-likelihoods) is routed once, on its text alone,
+    with the encoder's tokenizer, right-padded as when the router was fitted; then each
+    expert generates or scores its rows with its own tokenizer, exactly as it would alone."""
+
+    def __init__(self, mixture: ModelMixtureForCausalLM, tokenizers: list):
+        from modelglue.evaluate.textlm import HFTextLM
+
+        self.mixture, self.tokenizers = mixture, list(tokenizers)
+        self.experts = [HFTextLM(e, t) for e, t in zip(mixture.experts, self.tokenizers)]
+
+    @torch.no_grad()
+    def route(self, prompts: list[str], batch_size: int = 64) -> list[int]:
+        """The expert chosen for each prompt."""
+        from modelglue.mixture.routers import encode
+
+        tok = self.tokenizers[int(self.mixture.config.router.get("encoder", 0))]
+        device = next(self.mixture.parameters()).device
+        chosen: list[int] = []
+        for s in range(0, len(prompts), batch_size):
+            ids, mask = encode(tok, list(prompts[s:s + batch_size]), device)
+            chosen += self.mixture.route(ids, mask).tolist()
+        return chosen
+
+    def _by_expert(self, keys: list[str]) -> dict[int, list[int]]:
+        """Row indices per chosen expert; equal keys are routed once."""
+        unique = list(dict.fromkeys(keys))
+        expert_of = dict(zip(unique, self.route(unique))) if unique else {}
+        rows: dict[int, list[int]] = {}
+        for i, k in enumerate(keys):
+            rows.setdefault(expert_of[k], []).append(i)
+        return rows
+
+    def greedy(self, prompts: list[str], max_new_tokens: int, batch_size: int = 256) -> list[str]:
+        out = [""] * len(prompts)
+        for e, rows in self._by_expert(list(prompts)).items():
+            for r, text in zip(rows, self.experts[e].greedy([prompts[r] for r in rows], max_new_tokens, batch_size)):
+                out[r] = text
+        return out
+
+    def loglikelihoods(self, requests: list[tuple[str, str]]) -> list[tuple[float, bool]]:
+        out: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
+        for e, rows in self._by_expert([c for c, _ in requests]).items():
+            for r, score in zip(rows, self.experts[e].loglikelihoods([requests[r] for r in rows])):
+                out[r] = score
+        return out
 
 
 # ============================================================================ block level
