@@ -1,5 +1,8 @@
 """Zoo analysis: fingerprint -> compatibility groups -> streamed similarity -> clusters.
 
+Groups that cannot merge directly are linked pairwise: "merge after alignment" (the
+same vocabulary up to added tokens or padding rows) or "mix only".
+
 `analyze_zoo` is the entry point for the CLI (`modelglue zoo analyze`) and for the glue
 pipeline. It reads each model's weights exactly once (see `similarity.py`) and keeps
 memory bounded by a few chunks per model, whatever the model size.
@@ -12,7 +15,7 @@ from pathlib import Path
 from modelglue.errors import ModelGlueError
 from modelglue.io import Checkpoint, check_outside_inputs
 from modelglue.zoo.cluster import METHODS, Dendrogram, cluster
-from modelglue.zoo.fingerprint import compatibility_groups, fingerprint
+from modelglue.zoo.fingerprint import ModelFingerprint, compatibility_groups, fingerprint, merge_relation, vocabulary
 from modelglue.zoo.result import ZooAnalysis
 from modelglue.zoo.similarity import DEFAULT_CHUNK_ELEMS, GroupSimilarity, group_similarity
 
@@ -51,6 +54,29 @@ def analyze_zoo(model_dirs: list[str | Path], base: str | Path | None = None, ou
         raise ModelGlueError(f"unknown clustering method {method!r} (use one of: {', '.join(METHODS)})")
     if not -1.0 <= threshold <= 1.0:
         raise ModelGlueError(f"threshold {threshold} is not a cosine similarity (expected -1..1)")
+    paths = _model_paths(model_dirs, base)
+    if out_dir is not None:
+        check_outside_inputs(out_dir, paths)
+    ckpts = [Checkpoint(p, allow_pickle=allow_pickle) for p in paths]
+    fps = [fingerprint(c, name=n, path=str(p)) for c, n, p in zip(ckpts, _display_names(paths), paths)]
+    base_idx = next(i for i, p in enumerate(paths) if _same(Path(base), p)) if base is not None else None
+    groups = compatibility_groups(fps)
+    parts = _Clustering()
+    for g, members in enumerate(groups):
+        parts.add_group(g, members, ckpts, fps, base_idx, method, threshold, chunk_elems, progress)
+    result = ZooAnalysis(models=fps, groups=groups, clusters=parts.clusters, cluster_bases=parts.cluster_bases,
+                         cluster_groups=parts.cluster_groups, similarity=parts.sims, dendrograms=parts.dendros,
+                         method=method, threshold=threshold, base=base_idx, group_bases=parts.group_bases,
+                         group_links=group_links(groups, fps, paths))
+    if out_dir is not None:
+        from modelglue.zoo.report import write_outputs  # lazy: matplotlib
+
+        write_outputs(result, Path(out_dir), plots=plots)
+    return result
+
+
+def _model_paths(model_dirs: list[str | Path], base: str | Path | None) -> list[Path]:
+    """The model directories (zoo roots expanded, the base appended if not listed), each once."""
     paths = expand_model_dirs(model_dirs)
     if base is not None and not any(_same(Path(base), p) for p in paths):
         paths.append(Path(base))
@@ -62,55 +88,69 @@ def analyze_zoo(model_dirs: list[str | Path], base: str | Path | None = None, ou
         if key in seen:
             raise ModelGlueError(f"{p}: listed twice (also as {seen[key]})")
         seen[key] = p
-    if out_dir is not None:
-        check_outside_inputs(out_dir, paths)
+    return paths
 
-    ckpts = [Checkpoint(p, allow_pickle=allow_pickle) for p in paths]
-    names = _display_names(paths)
-    fps = [fingerprint(c, name=n, path=str(p)) for c, n, p in zip(ckpts, names, paths)]
-    base_idx = next(i for i, p in enumerate(paths) if _same(Path(base), p)) if base is not None else None
 
-    groups = compatibility_groups(fps)
-    sims: list[GroupSimilarity | None] = []
-    dendros: list[Dendrogram | None] = []
-    clusters: list[list[int]] = []
-    cluster_bases: list[int] = []
-    cluster_groups: list[int] = []
-    group_bases: list[int] = []
-    for g, members in enumerate(groups):
+class _Clustering:
+    """The clusters of each compatibility group, collected group by group."""
+
+    def __init__(self) -> None:
+        self.sims: list[GroupSimilarity | None] = []
+        self.dendros: list[Dendrogram | None] = []
+        self.clusters: list[list[int]] = []
+        self.cluster_bases: list[int] = []
+        self.cluster_groups: list[int] = []
+        self.group_bases: list[int] = []
+
+    def add_group(self, g: int, members: list[int], ckpts: list[Checkpoint], fps: list, base_idx: int | None,
+                  method: str, threshold: float, chunk_elems: int, progress: bool) -> None:
         if len(members) == 1:
             sim, local, dendro = None, [[0]], None
         else:
             sim = group_similarity([ckpts[i] for i in members], [fps[i].path for i in members],
                                    chunk_elems=chunk_elems, progress=progress)
             local, dendro = cluster(sim.weight_cosine, method, threshold)
-        sims.append(sim)
-        dendros.append(dendro)
-        first_cluster = len(clusters)
+        self.sims.append(sim)
+        self.dendros.append(dendro)
+        first_cluster = len(self.clusters)
         for lc in local:
-            clusters.append([members[i] for i in lc])
-            cluster_groups.append(g)
-            if base_idx is not None and base_idx in clusters[-1]:
-                cluster_bases.append(base_idx)
+            self.clusters.append([members[i] for i in lc])
+            self.cluster_groups.append(g)
+            if base_idx is not None and base_idx in self.clusters[-1]:
+                self.cluster_bases.append(base_idx)
             else:
-                cluster_bases.append(members[sim.most_central(lc)] if sim is not None else members[lc[0]])
+                self.cluster_bases.append(members[sim.most_central(lc)] if sim is not None else members[lc[0]])
         # The group's task cosines are taken against the given base if it is in the group,
         # else against the base of the group's largest cluster: "most central" over a whole
         # group that holds several families would pick an arbitrary fine-tune.
         if base_idx in members:
-            group_bases.append(base_idx)
+            self.group_bases.append(base_idx)
         else:
-            largest = max(range(first_cluster, len(clusters)), key=lambda c: len(clusters[c]))
-            group_bases.append(cluster_bases[largest])
+            largest = max(range(first_cluster, len(self.clusters)), key=lambda c: len(self.clusters[c]))
+            self.group_bases.append(self.cluster_bases[largest])
 
-    result = ZooAnalysis(models=fps, groups=groups, clusters=clusters, cluster_bases=cluster_bases,
-                         cluster_groups=cluster_groups, similarity=sims, dendrograms=dendros, method=method,
-                         threshold=threshold, base=base_idx, group_bases=group_bases)
-    if out_dir is not None:
-        from modelglue.zoo.report import write_outputs  # lazy: matplotlib
 
-        write_outputs(result, Path(out_dir), plots=plots)
-    return result
+def group_links(groups: list[list[int]], fps: list[ModelFingerprint], paths: list[Path]) -> list[dict]:
+    """For every pair of compatibility groups: whether they merge after aligning their
+    vocabularies or can only be mixed, and why (compared on each group's first model;
+    a group shares one tokenizer and one tensor layout). Vocabularies are read only
+    for pairs whose tensor layouts agree."""
+    vocabs: dict[int, dict[str, int] | None] = {}
+
+    def vocab(i: int) -> dict[str, int] | None:
+        if i not in vocabs:
+            vocabs[i] = vocabulary(paths[i])
+        return vocabs[i]
+
+    links = []
+    for a in range(len(groups)):
+        for b in range(a + 1, len(groups)):
+            fa, fb = fps[groups[a][0]], fps[groups[b][0]]
+            same_layout = fa.architecture == fb.architecture and fa.layout and fa.layout == fb.layout
+            va, vb = (vocab(groups[a][0]), vocab(groups[b][0])) if same_layout else (None, None)
+            relation, reason = merge_relation(fa, fb, va, vb)
+            links.append({"groups": [a, b], "relation": relation, "reason": reason})
+    return links
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -3,8 +3,14 @@
 A fingerprint is everything that decides whether two checkpoints can be weight-merged
 at all: the architecture, the exact tensor names and shapes, and the tokenizer (the
 same embedding row must mean the same token). Models whose fingerprints differ in any
-of these fall into different compatibility groups; only a mixture can join them.
-No tensor data is read here.
+of these fall into different compatibility groups.
+
+Between groups there is a middle case that real zoos are full of: the same architecture
+and tensors, and the same vocabulary up to added tokens or padding rows of the
+embedding (CodeLlama's 32,016 tokens vs Llama-2's 32,000; Qwen2.5's 151,665 tokens in
+152,064 rows). Such models merge after their vocabularies are aligned (a union
+tokenizer, mergekit's `tokenizer_source: union`); anything else can only be mixed.
+`merge_relation` tells the three apart. No tensor data is read here.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from modelglue.arch import num_layers
+from modelglue.arch import num_layers, tensor_role
 from modelglue.errors import ModelGlueError
 from modelglue.io import Checkpoint
 
@@ -40,6 +46,10 @@ class ModelFingerprint:
     num_layers: int
     hidden_size: int | None
     num_tensors: int
+    # the tensor signature with the vocabulary dimension (embedding / lm_head rows) left
+    # out: equal layouts merge once the vocabularies are aligned
+    layout: str = ""
+    tokenizer_size: int | None = None  # tokens in the tokenizer, added tokens included
 
     @property
     def compat_key(self) -> tuple:
@@ -86,6 +96,27 @@ def tokenizer_identity(model_dir: Path) -> str | None:
     return h.hexdigest()[:16] if found else None
 
 
+def vocabulary(model_dir: Path) -> dict[str, int] | None:
+    """token -> id of the tokenizer in `model_dir` (tokenizer.json: the model's vocabulary
+    and the added tokens); None when there is no tokenizer.json (slow tokenizers are
+    only hashed, see `tokenizer_identity`)."""
+    tj = Path(model_dir) / "tokenizer.json"
+    if not tj.is_file():
+        return None
+    try:
+        data = json.loads(tj.read_text(encoding="utf-8"))
+        vocab = (data.get("model") or {}).get("vocab")
+        if isinstance(vocab, list):  # Unigram: [[piece, score], ...] in id order
+            out = {str(v[0]): i for i, v in enumerate(vocab)}
+        else:
+            out = {str(k): int(v) for k, v in (vocab or {}).items()}
+        for t in data.get("added_tokens") or []:
+            out[str(t["content"])] = int(t["id"])
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, KeyError, ValueError) as exc:
+        raise ModelGlueError(f"{tj}: unreadable tokenizer.json ({exc})") from None
+    return out
+
+
 def _vocab_size(config: dict) -> int | None:
     for cfg in (config, config.get("text_config") or {}):
         if isinstance(cfg.get("vocab_size"), int):
@@ -112,6 +143,8 @@ def fingerprint(ckpt: Checkpoint, name: str | None = None, path: str | None = No
         dtypes[str(ckpt.dtype(n)).removeprefix("torch.")] += math.prod(ckpt.shape(n))
     arch, model_type = _architecture(ckpt.config)
     hidden = ckpt.config.get("hidden_size") or ckpt.config.get("n_embd") or ckpt.config.get("d_model")
+    vocab_size = _vocab_size(ckpt.config)
+    vocab = vocabulary(ckpt.path)
     return ModelFingerprint(
         path=path if path is not None else str(ckpt.path),
         name=name or ckpt.path.name,
@@ -119,14 +152,28 @@ def fingerprint(ckpt: Checkpoint, name: str | None = None, path: str | None = No
         model_type=model_type,
         signature=sig.hexdigest()[:16],
         tokenizer=tokenizer_identity(ckpt.path),
-        vocab_size=_vocab_size(ckpt.config),
+        vocab_size=vocab_size,
         num_params=sum(dtypes.values()),
         dtype=dtypes.most_common(1)[0][0] if dtypes else "none",
         dtypes=dict(dtypes),
         num_layers=num_layers(ckpt.config, names),
         hidden_size=hidden if isinstance(hidden, int) else None,
         num_tensors=len(names),
+        layout=_layout(ckpt, names, vocab_size),
+        tokenizer_size=len(vocab) if vocab is not None else None,
     )
+
+
+def _layout(ckpt: Checkpoint, names: list[str], vocab_size: int | None) -> str:
+    """The signature with the rows of vocabulary-sized tensors outside the blocks
+    (embeddings, lm_head) written as V: what stays equal when only the vocabulary grows."""
+    h = hashlib.sha256()
+    for n in sorted(names):
+        shape: list = list(ckpt.shape(n))
+        if shape and vocab_size and shape[0] == vocab_size and tensor_role(n).kind != "layer":
+            shape[0] = "V"
+        h.update(f"{n}:{shape}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def compatibility_groups(fps: list[ModelFingerprint]) -> list[list[int]]:
@@ -146,3 +193,37 @@ def incompatibility_reason(a: ModelFingerprint, b: ModelFingerprint) -> str | No
     if a.compat_key[2] != b.compat_key[2]:
         return "tokenizers differ"
     return None
+
+
+# The three ways two models relate (see the module docstring).
+DIRECT, ALIGN, MIX = "merge", "merge after alignment", "mix only"
+
+
+def vocabulary_relation(a: dict[str, int], b: dict[str, int]) -> str | None:
+    """How two vocabularies (token -> id) differ when one extends the other: every token
+    of the smaller has the same id in the larger. None when neither extends the other."""
+    small, large = (a, b) if len(a) <= len(b) else (b, a)
+    if any(large.get(t) != i for t, i in small.items()):
+        return None
+    extra = len(large) - len(small)
+    return "the same vocabulary" if extra == 0 else \
+        f"the same vocabulary up to {extra} added token{'s' * (extra != 1)} ({len(small):,} vs {len(large):,})"
+
+
+def merge_relation(a: ModelFingerprint, b: ModelFingerprint, vocab_a: dict[str, int] | None,
+                   vocab_b: dict[str, int] | None) -> tuple[str, str]:
+    """(DIRECT | ALIGN | MIX, why) for two models; `vocab_*` from `vocabulary()`."""
+    if a.compat_key == b.compat_key:
+        return DIRECT, "same architecture, tensors and tokenizer"
+    if a.architecture != b.architecture:
+        return MIX, f"architecture {a.architecture} vs {b.architecture}"
+    if not a.layout or a.layout != b.layout:
+        return MIX, "tensor names or shapes differ (beyond the vocabulary rows)"
+    if vocab_a is None or vocab_b is None:
+        return MIX, "tokenizers differ (no tokenizer.json to compare their vocabularies)"
+    related = vocabulary_relation(vocab_a, vocab_b)
+    if related is None:
+        return MIX, "vocabularies differ (the same token has another id)"
+    if a.vocab_size != b.vocab_size and a.vocab_size and b.vocab_size:
+        related += f", {a.vocab_size:,} vs {b.vocab_size:,} embedding rows"
+    return ALIGN, related

@@ -58,7 +58,25 @@ def summary_table(result: ZooAnalysis) -> str:
     for g, d in enumerate(result.dendrograms):
         if d is not None and result.method == "hierarchical":
             lines.append(f"group {g}: cut at distance {d.cut:.4g} (cosine {1 - d.cut:.4f}), floor {d.floor:.4g}")
-    return "\n".join(lines)
+    return "\n".join(lines + merge_level_lines(result))
+
+
+def merge_level_lines(result: ZooAnalysis) -> list[str]:
+    """Which models merge directly, which after aligning vocabularies, which only mix."""
+    def names(g: int) -> str:
+        return ", ".join(result.models[i].name for i in result.groups[g])
+
+    lines = ["merge directly (one compatibility group each):"]
+    lines += [f"  group {g}: {names(g)}" for g in range(len(result.groups))]
+    levels = result.merge_levels()
+    if levels["after_alignment"]:
+        lines.append("merge after aligning vocabularies (a union tokenizer, tokenizer_source: union):")
+        for fam in levels["after_alignment"]:
+            lines.append(f"  groups {' + '.join(map(str, fam['groups']))}: {'; '.join(fam['why'])}")
+    if levels["mix_only"]:
+        lines.append("mix only (a model-level mixture joins them):")
+        lines += [f"  group {a} / group {b}: {m['why']}" for m in levels["mix_only"] for a, b in [m["groups"]]]
+    return lines
 
 
 def write_outputs(result: ZooAnalysis, out_dir: Path, plots: bool = True) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from modelglue.zoo.cluster import Dendrogram
-from modelglue.zoo.fingerprint import ModelFingerprint, incompatibility_reason
+from modelglue.zoo.fingerprint import ALIGN, DIRECT, MIX, ModelFingerprint, incompatibility_reason
 from modelglue.zoo.similarity import GroupSimilarity
 
 
@@ -27,6 +27,8 @@ class ZooAnalysis:
     threshold: float
     base: int | None = None  # the model given as base, if any
     group_bases: list[int] = field(default_factory=list)  # per group: base for the group's task cosines
+    # per pair of groups: {"groups": [a, b], "relation": ALIGN | MIX, "reason"} (see zoo.fingerprint)
+    group_links: list[dict] = field(default_factory=list)
 
     # --- convenient views for callers (the glue pipeline)
 
@@ -59,6 +61,51 @@ class ZooAnalysis:
         members = self.groups[g]
         return float(sim.weight_cosine[members.index(a), members.index(b)])
 
+    def group_relation(self, a: int, b: int) -> tuple[str, str]:
+        """(relation, why) of two compatibility groups: DIRECT for a group with itself."""
+        if a == b:
+            return DIRECT, "one compatibility group"
+        for link in self.group_links:
+            if sorted(link["groups"]) == sorted([a, b]):
+                return link["relation"], link["reason"]
+        return MIX, "not compared"
+
+    def alignment_families(self) -> list[list[int]]:
+        """Groups joined by "merge after alignment" links (union of the links), each a
+        list of group indices, in order of first group; single groups included."""
+        family = list(range(len(self.groups)))
+
+        def root(g: int) -> int:
+            while family[g] != g:
+                g = family[g]
+            return g
+
+        for link in self.group_links:
+            if link["relation"] == ALIGN:
+                a, b = sorted(root(g) for g in link["groups"])
+                family[b] = a
+        out: dict[int, list[int]] = {}
+        for g in range(len(self.groups)):
+            out.setdefault(root(g), []).append(g)
+        return list(out.values())
+
+    def merge_levels(self) -> dict:
+        """Which models merge directly, which after aligning vocabularies, and which pairs
+        of groups can only be mixed (model paths), for the reports."""
+        names = lambda gs: [self.models[i].path for g in gs for i in self.groups[g]]  # noqa: E731
+        families = self.alignment_families()
+        family_of = {g: f for f, members in enumerate(families) for g in members}
+        return {
+            "direct": [names([g]) for g in range(len(self.groups))],
+            "after_alignment": [{"models": names(f), "groups": f,
+                                 "why": [link["reason"] for link in self.group_links
+                                         if link["relation"] == ALIGN and set(link["groups"]) <= set(f)]}
+                                for f in families if len(f) > 1],
+            # pairs in one alignment family merge through the family's union vocabulary
+            "mix_only": [{"groups": link["groups"], "why": link["reason"]} for link in self.group_links
+                         if link["relation"] == MIX and family_of[link["groups"][0]] != family_of[link["groups"][1]]],
+        }
+
     def _local(self, model: int) -> tuple[int, int, GroupSimilarity | None]:
         g = self.group_of(model)
         return g, self.groups[g].index(model), self.similarity[g]
@@ -85,6 +132,7 @@ class ZooAnalysis:
             "cluster_bases": self.cluster_base_paths,
             "groups": [[self.models[i].path for i in g] for g in self.groups],
             "cut": [None if d is None else _num(d.cut) for d in self.dendrograms],
+            "merge_levels": self.merge_levels(),
             "models": per_model,
         }
 
@@ -126,7 +174,9 @@ class ZooAnalysis:
         for a in range(len(self.groups)):
             for b in range(a + 1, len(self.groups)):
                 ma, mb = self.models[self.groups[a][0]], self.models[self.groups[b][0]]
-                incompatible.append({"groups": [a, b], "reason": incompatibility_reason(ma, mb)})
+                relation, why = self.group_relation(a, b)
+                incompatible.append({"groups": [a, b], "reason": incompatibility_reason(ma, mb),
+                                     "relation": relation, "relation_reason": why})
         return {"format": "modelglue-zoo-similarity/1", "groups": groups, "incompatible": incompatible}
 
 
