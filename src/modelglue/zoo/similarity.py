@@ -152,97 +152,122 @@ def group_similarity(ckpts: list[Checkpoint], paths: list[str] | None = None, *,
     """
     start_time = time.perf_counter()
     k = len(ckpts)
-    paths = paths if paths is not None else [str(c.path) for c in ckpts]
     first = ckpts[0]
-    names = [n for n in first.names() if first.dtype(n).is_floating_point]
-    names = _read_order(first, names)
+    names = _read_order(first, [n for n in first.names() if first.dtype(n).is_floating_point])
     uses_self_attn = any("self_attn" in n for n in names)
     paper = [n for n in names if paper_tensor(n, uses_self_attn)] or list(names)  # no blocks: use all
-    paper_set = set(paper)
-
-    weight_sum = np.zeros((k, k))
-    task_sum = np.zeros((k, k, k))
-    gram = np.zeros((k, k))
-    layer_w: dict[int | str, np.ndarray] = {}
-    layer_t: dict[int | str, np.ndarray] = {}
-    layer_n: dict[int | str, int] = {}
-    tensor_w: dict[str, np.ndarray] = {}
-    bytes_read = 0
-    buffer = torch.empty(0, dtype=torch.float64)
-
+    sums = _Sums(k)
+    reader = _GramReader(ckpts, chunk_elems)
     bar = None
     if progress:
         from tqdm import tqdm
 
         total = sum(c.nbytes(n) for c in ckpts for n in names)
         bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"similarity ({k} models)", leave=False)
+    paper_set = set(paper)
     try:
         for name in names:
-            shape = first.shape(name)
-            if name in paper_set:
-                rows = shape[0] if len(shape) >= 1 else 1
-                cols = math.prod(shape[1:]) if len(shape) >= 2 else 1
-            else:
-                # Outside the paper set (embeddings, lm_head, norms) only the flat cosine
-                # is reported: viewed as one column, the Gram is one plain GEMM with no
-                # transposed copy (embeddings + lm_head are ~40% of a small model).
-                rows, cols = math.prod(shape), 1
-            if rows == 0 or cols == 0:
-                continue
-            # Whole rows per chunk so that k chunks of float64 stay within the budget.
-            step = max(1, chunk_elems // (k * cols))
-            G = torch.zeros(cols, k, k, dtype=torch.float64)
-            for r0 in range(0, rows, step):
-                r1 = min(rows, r0 + step)
-                need = cols * k * (r1 - r0)
-                if buffer.numel() < need:
-                    buffer = torch.empty(need, dtype=torch.float64)
-                block = buffer[:need].view(cols, k, r1 - r0)
-                for i, ckpt in enumerate(ckpts):
-                    x = ckpt.get_flat(name, r0 * cols, r1 * cols).view(r1 - r0, cols)
-                    block[:, i, :].copy_(x.T)  # column-major per model, upcast to float64
-                    nb = x.numel() * x.element_size()
-                    bytes_read += nb
-                    if bar is not None:
-                        bar.update(nb)
-                    del x
-                G += torch.bmm(block, block.transpose(1, 2))
-            del block
-            cos = _column_cosine_mean(G).numpy()
-            tensor_w[name] = cos
-            if name in paper_set:
-                weight_sum += cos
-                gram += G.sum(0).numpy()
-                task = _task_cosine_means(G).numpy()
-                task_sum += task
-                role = tensor_role(name)
-                layer = role.layer if role.kind == "layer" else role.kind
-                layer_w[layer] = layer_w.get(layer, 0) + cos
-                layer_t[layer] = layer_t.get(layer, 0) + task
-                layer_n[layer] = layer_n.get(layer, 0) + 1
-            del G
+            G = reader.gram(name, name in paper_set, bar)
+            if G is not None:
+                sums.add(name, G, name in paper_set)
     finally:
         if bar is not None:
             bar.close()
+    return sums.result(paths if paths is not None else [str(c.path) for c in ckpts], paper, reader.bytes_read,
+                       time.perf_counter() - start_time)
 
-    n = max(1, len(paper))
-    task_all = task_sum / n
-    # A model identical to the base has no task vector at all: its task cosines are
-    # undefined (NaN), not 0.
-    d = np.diag(gram)
-    for z in range(k):
-        for a in range(k):
-            if a != z and d[a] + d[z] - 2 * gram[a, z] <= _ZERO_REL * (d[a] + d[z]):
-                task_all[z, a, :] = task_all[z, :, a] = np.nan
-    return GroupSimilarity(
-        models=list(paths),
-        weight_cosine=weight_sum / n,
-        task_cosine_by_base=task_all,
-        gram=gram,
-        layer_weight_cosine={L: layer_w[L] / layer_n[L] for L in sorted(layer_w, key=_layer_key)},
-        layer_task_cosine_by_base={L: layer_t[L] / layer_n[L] for L in sorted(layer_t, key=_layer_key)},
-        tensor_weight_cosine=tensor_w,
-        paper_tensors=paper,
-        bytes_read=bytes_read,
-        seconds=time.perf_counter() - start_time,
-    )
+
+class _GramReader:
+    """Reads one tensor of every model in blocks of whole rows and sums the per-column
+    k x k Gram matrices; one float64 buffer is reused for every block."""
+
+    def __init__(self, ckpts: list[Checkpoint], chunk_elems: int):
+        self.ckpts, self.chunk_elems = ckpts, chunk_elems
+        self.buffer = torch.empty(0, dtype=torch.float64)
+        self.bytes_read = 0
+
+    def gram(self, name: str, in_paper: bool, bar=None) -> torch.Tensor | None:
+        """[cols, k, k] Gram matrices of the tensor's columns (None for an empty tensor)."""
+        shape = self.ckpts[0].shape(name)
+        k = len(self.ckpts)
+        if in_paper:
+            rows = shape[0] if len(shape) >= 1 else 1
+            cols = math.prod(shape[1:]) if len(shape) >= 2 else 1
+        else:
+            # Outside the paper set (embeddings, lm_head, norms) only the flat cosine
+            # is reported: viewed as one column, the Gram is one plain GEMM with no
+            # transposed copy (embeddings + lm_head are ~40% of a small model).
+            rows, cols = math.prod(shape), 1
+        if rows == 0 or cols == 0:
+            return None
+        # Whole rows per chunk so that k chunks of float64 stay within the budget.
+        step = max(1, self.chunk_elems // (k * cols))
+        G = torch.zeros(cols, k, k, dtype=torch.float64)
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            need = cols * k * (r1 - r0)
+            if self.buffer.numel() < need:
+                self.buffer = torch.empty(need, dtype=torch.float64)
+            block = self.buffer[:need].view(cols, k, r1 - r0)
+            for i, ckpt in enumerate(self.ckpts):
+                x = ckpt.get_flat(name, r0 * cols, r1 * cols).view(r1 - r0, cols)
+                block[:, i, :].copy_(x.T)  # column-major per model, upcast to float64
+                nb = x.numel() * x.element_size()
+                self.bytes_read += nb
+                if bar is not None:
+                    bar.update(nb)
+                del x
+            G += torch.bmm(block, block.transpose(1, 2))
+        return G
+
+
+class _Sums:
+    """Running sums of the per-tensor similarities, overall and per layer."""
+
+    def __init__(self, k: int):
+        self.weight = np.zeros((k, k))
+        self.task = np.zeros((k, k, k))
+        self.gram = np.zeros((k, k))
+        self.layer_w: dict[int | str, np.ndarray] = {}
+        self.layer_t: dict[int | str, np.ndarray] = {}
+        self.layer_n: dict[int | str, int] = {}
+        self.tensor_w: dict[str, np.ndarray] = {}
+
+    def add(self, name: str, G: torch.Tensor, in_paper: bool) -> None:
+        cos = _column_cosine_mean(G).numpy()
+        self.tensor_w[name] = cos
+        if not in_paper:
+            return
+        self.weight += cos
+        self.gram += G.sum(0).numpy()
+        task = _task_cosine_means(G).numpy()
+        self.task += task
+        role = tensor_role(name)
+        layer = role.layer if role.kind == "layer" else role.kind
+        self.layer_w[layer] = self.layer_w.get(layer, 0) + cos
+        self.layer_t[layer] = self.layer_t.get(layer, 0) + task
+        self.layer_n[layer] = self.layer_n.get(layer, 0) + 1
+
+    def result(self, paths: list[str], paper: list[str], bytes_read: int, seconds: float) -> GroupSimilarity:
+        k = len(paths)
+        n = max(1, len(paper))
+        task_all = self.task / n
+        # A model identical to the base has no task vector at all: its task cosines are
+        # undefined (NaN), not 0.
+        gram, d = self.gram, np.diag(self.gram)
+        for z in range(k):
+            for a in range(k):
+                if a != z and d[a] + d[z] - 2 * gram[a, z] <= _ZERO_REL * (d[a] + d[z]):
+                    task_all[z, a, :] = task_all[z, :, a] = np.nan
+        return GroupSimilarity(
+            models=list(paths),
+            weight_cosine=self.weight / n,
+            task_cosine_by_base=task_all,
+            gram=gram,
+            layer_weight_cosine={L: self.layer_w[L] / self.layer_n[L] for L in sorted(self.layer_w, key=_layer_key)},
+            layer_task_cosine_by_base={L: self.layer_t[L] / self.layer_n[L] for L in sorted(self.layer_t, key=_layer_key)},
+            tensor_weight_cosine=self.tensor_w,
+            paper_tensors=paper,
+            bytes_read=bytes_read,
+            seconds=seconds,
+        )
