@@ -29,12 +29,15 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
+
+from golden_lora import build_lora_adapters, lora_recipes
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "tests" / "data" / "mergekit_golden"
@@ -639,9 +642,14 @@ def run_mergekit(root: Path, name: str, venv: Path) -> tuple[bool, str, float]:
         str(venv / "bin" / "mergekit-yaml"), f"{name}.yml", f"mergekit_out/{name}",
         "--no-copy-tokenizer", "--no-write-model-card", "--quiet", "--random-seed", "0",
     ]
+    lora_cache = tempfile.mkdtemp(prefix="lora-merge-")  # where mergekit keeps a MODEL+ADAPTER merged
+    cmd += ["--lora-merge-cache", lora_cache]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env)
+    try:
+        p = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env)
+    finally:
+        shutil.rmtree(lora_cache, ignore_errors=True)
     dt = time.perf_counter() - t0
     if p.returncode != 0:
         if out.exists():
@@ -652,7 +660,7 @@ def run_mergekit(root: Path, name: str, venv: Path) -> tuple[bool, str, float]:
         keep = f.suffix == ".safetensors" or f.name in ("config.json", "model.safetensors.index.json")
         if not keep:
             shutil.rmtree(f) if f.is_dir() else f.unlink()
-    return True, " ".join(cmd[1:]), dt
+    return True, " ".join(cmd[1:-2]), dt
 
 
 def describe_output(out: Path) -> dict:
@@ -682,7 +690,8 @@ def main(argv=None) -> int:
     if not args.no_models and not args.only:
         build_models(root)
     build_bf16_models(root)
-    all_r = recipes()
+    build_lora_adapters(root)
+    all_r = {**recipes(), **lora_recipes()}
     only = [s for s in args.only.split(",") if s]
     names = only or list(all_r)
     manifest_path = root / "manifest.json"
@@ -700,7 +709,7 @@ def main(argv=None) -> int:
         "mergekit": mk_version[0] if mk_version else None,
         "transformers": mk_version[1] if len(mk_version) > 1 else None,
         "torch": mk_version[2] if len(mk_version) > 2 else None,
-        "command": "mergekit-yaml RECIPE.yml mergekit_out/NAME --no-copy-tokenizer --no-write-model-card --quiet --random-seed 0 (cwd = this directory)",
+        "command": "mergekit-yaml RECIPE.yml mergekit_out/NAME --no-copy-tokenizer --no-write-model-card --quiet --random-seed 0 --lora-merge-cache TMP (cwd = this directory)",
     }
     for name in names:
         recipe = all_r[name]
