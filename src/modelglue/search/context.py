@@ -146,18 +146,29 @@ class SearchContext:
         """
         track = split == "validation" and count
         sub = subset_split(split, fraction)
+        affordable, found, todo, exhausted = self._triage(candidates, sub, track, fraction)
+        self._run_jobs(todo, sub, fraction, found)
+        out = self._in_proposal_order(affordable, found, track, fraction)
+        self._progress_line()
+        if exhausted:
+            raise BudgetExhausted
+        return out
+
+    def _triage(self, candidates: Sequence[Candidate], sub: str, track: bool, fraction: float
+                ) -> tuple[list[Candidate], dict[str, Record], dict[str, Candidate], bool]:
+        """Split the affordable candidates into those already known (this batch's repeats,
+        the journal's, infeasible ones: `found`) and those to score (`todo`); stops at the
+        first one the budget cannot pay for (`exhausted`), keeping the proposal order."""
         found: dict[str, Record] = {}  # key -> record, for this batch
         todo: dict[str, Candidate] = {}
         affordable: list[Candidate] = []
-        exhausted = False
         spend = 0.0
         for cand in candidates:
             if (track and (cand.key, fraction) in self._seen) or cand.key in found or cand.key in todo:
                 affordable.append(cand)
                 continue
             if track and spend + fraction > self.remaining + 1e-9:
-                exhausted = True
-                break  # keep the proposal order: nothing after the first unaffordable one
+                return affordable, found, todo, True  # nothing after the first unaffordable one
             spend += fraction if track else 0.0
             affordable.append(cand)
             row = self.journal.get(cand.key, sub) if cand.feasible else None
@@ -169,6 +180,10 @@ class SearchContext:
                                          error=row.error)
             else:
                 todo[cand.key] = cand
+        return affordable, found, todo, False
+
+    def _run_jobs(self, todo: dict[str, Candidate], sub: str, fraction: float, found: dict[str, Record]) -> None:
+        """Score `todo` on the backend as one batch, journaling each result as it arrives."""
         jobs = [Job(c.key, sub, c.recipe) for c in todo.values()]
         for res in self.backend.run(self.scorer, jobs):  # completion order: journal at once
             cand = todo[res.job.key]
@@ -177,7 +192,12 @@ class SearchContext:
             self.scored_now += 1
             fit = float("-inf") if res.error else self.objective(res.scores)
             found[cand.key] = Record(cand, sub, res.scores, fit, res.seconds, fraction=fraction, error=res.error)
-        # records in proposal order, whatever order the backend finished in (same on any backend)
+
+    def _in_proposal_order(self, affordable: list[Candidate], found: dict[str, Record], track: bool,
+                           fraction: float) -> list[Record]:
+        """The records in proposal order, whatever order the backend finished in (same on
+        any backend); a tracked new one is charged to the budget and enters history
+        (full fidelity) or `screened` (a subset)."""
         out = []
         for cand in affordable:
             if track and (cand.key, fraction) in self._seen:
@@ -185,22 +205,22 @@ class SearchContext:
                 continue
             rec = found[cand.key]
             if track:
-                self._seen[(cand.key, fraction)] = rec
-                self._cost += fraction
-                self._bar.update(fraction)
-                if fraction >= 1:
-                    rec.index = len(self.history)
-                    self.history.append(rec)
-                    if self.on_record:
-                        self.on_record(rec)
-                else:
-                    rec.index = len(self.screened)
-                    self.screened.append(rec)
+                self._charge(rec, fraction)
             out.append(rec)
-        self._progress_line()
-        if exhausted:
-            raise BudgetExhausted
         return out
+
+    def _charge(self, rec: Record, fraction: float) -> None:
+        self._seen[(rec.candidate.key, fraction)] = rec
+        self._cost += fraction
+        self._bar.update(fraction)
+        if fraction >= 1:
+            rec.index = len(self.history)
+            self.history.append(rec)
+            if self.on_record:
+                self.on_record(rec)
+        else:
+            rec.index = len(self.screened)
+            self.screened.append(rec)
 
     def _progress_line(self, force: bool = False) -> None:
         now = time.perf_counter()

@@ -122,13 +122,7 @@ class SearchResult:
 def run_search(config: SearchConfig, scorer: Any = None) -> SearchResult:
     """Run (or resume) a search and write its outputs to config.out_dir."""
     start = time.perf_counter()
-    get_strategy(config.strategy)
-    for m in list(config.models) + ([config.base] if config.base else []):
-        if not model_directory(m).is_dir():  # a MODEL+ADAPTER reference names its model's directory
-            raise ModelGlueError(f"model directory not found: {m}")
-    budget = config.budget if config.budget is not None else DEFAULT_BUDGET[config.strategy]
-    if budget < 1:
-        raise ModelGlueError("--budget must be at least 1")
+    budget = _check_config(config)
     notes: list[str] = []
     if config.method == "auto" and config.base is None:
         config = replace(config, base=_central_model(config.models))
@@ -142,31 +136,14 @@ def run_search(config: SearchConfig, scorer: Any = None) -> SearchResult:
                              extra_parameters=dict(config.parameters))
               for m in methods}
     space = spaces[methods[0]]
-    if scorer is None:
-        if not config.tasks:
-            raise ModelGlueError("--tasks is required")
-        from modelglue.search.scorers import MergeScorer
-
-        scorer = MergeScorer(config.tasks, space.base_path or space.members[0], limit=config.limit,
-                             device=config.device, merge_seed=config.seed, threads=config.threads)
+    scorer = scorer if scorer is not None else _default_scorer(config, space)
     tasks = list(scorer.task_names())
-    if config.tasks:
-        from modelglue.evaluate import unmarked_split
-
-        specs = config.tasks.split(",") if isinstance(config.tasks, str) else list(config.tasks)
-        notes += [n for n in (unmarked_split(t.strip()) for t in specs
-                              if str(t).strip().endswith(".jsonl")) if n]
+    notes += _task_notes(config)
     objective = Objective(tasks, config.task_weights)
     if config.strategy == "pareto" and len(tasks) < 2:
         raise ModelGlueError("strategy pareto needs at least two tasks")
-
     out = Path(config.out_dir)
-    journal_path = out / Journal.FILENAME
-    if out.exists() and not config.resume and any(out.iterdir()):
-        raise ModelGlueError(f"{out} is not empty: pass --resume to continue its search, or choose a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    journal = Journal(journal_path, config.identity(scorer.describe()), resume=config.resume)
-    (out / "results.json").unlink(missing_ok=True)  # written last: its presence means "complete"
+    journal = _open_journal(config, scorer, out)
     backend = make_backend(config.backend, config.ray_address, config.workers, config.worker_cpus, config.worker_gpus)
     options = {"popsize": config.popsize, "sigma": config.sigma, "init": config.init, "grid": config.grid,
                "order": config.similarity_order, "points": config.pareto_points}
@@ -177,33 +154,11 @@ def run_search(config: SearchConfig, scorer: Any = None) -> SearchResult:
         # every worker must see every model before the first candidate (a cluster's nodes)
         backend.check(scorer, sorted({str(Path(m).resolve()) for m in list(config.models) + [config.base] if m}),
                       config.device)
-        try:
-            get_strategy(config.strategy)(ctx)
-        except BudgetExhausted:
-            pass
-        finally:
-            ctx.close()
-        feasible = [r for r in ctx.history if r.candidate.feasible and np.isfinite(r.fitness)]
-        if not feasible:
-            raise ModelGlueError("no feasible candidate was scored (raise --budget?)")
-        # the best full-validation score wins, single models included; a heuristic's
-        # pick is that best too, but keeps its own on a tie (it may merge more models)
-        best = max(feasible, key=lambda r: (r.fitness, -r.index))
-        if ctx.chosen is not None and ctx.chosen.fitness >= best.fitness:
-            best = ctx.chosen
-        front = nondominated(ctx.history, tasks) if config.strategy == "pareto" else []
+        best, front = _search(ctx, config, tasks)
         # the test split, never seen by the search
         best_test = ctx.score([best.candidate], "test", count=False)[0]
         front_test = ctx.score([r.candidate for r in front], "test", count=False) if front else []
-        baselines: dict[str, tuple[Record, Record | None]] = {}
-        if config.baselines:
-            refs = [space.single(i) for i in range(space.n)] + [space.uniform()]
-            if space.base_path is not None and space.base_path not in space.members:
-                refs.insert(0, space.single_path(space.base_path))  # ties/dare: the base is a model too
-            vals = ctx.score(refs, "validation", count=False)
-            tests = ctx.score(refs, "test", count=False)
-            for c, v, t in zip(refs, vals, tests):
-                baselines[c.origin] = (v, t)
+        baselines = _score_baselines(ctx, space) if config.baselines else {}
     finally:
         backend.close()
         journal.close()
@@ -212,6 +167,80 @@ def run_search(config: SearchConfig, scorer: Any = None) -> SearchResult:
                           notes)
     write_outputs(result, space)
     return result
+
+
+def _check_config(config: SearchConfig) -> float:
+    """Refuse a bad strategy, a missing model or a budget below 1; returns the budget."""
+    get_strategy(config.strategy)
+    for m in list(config.models) + ([config.base] if config.base else []):
+        if not model_directory(m).is_dir():  # a MODEL+ADAPTER reference names its model's directory
+            raise ModelGlueError(f"model directory not found: {m}")
+    budget = config.budget if config.budget is not None else DEFAULT_BUDGET[config.strategy]
+    if budget < 1:
+        raise ModelGlueError("--budget must be at least 1")
+    return budget
+
+
+def _default_scorer(config: SearchConfig, space: SearchSpace) -> Any:
+    """Merge in memory and evaluate on config.tasks (the scorer a search uses by default)."""
+    if not config.tasks:
+        raise ModelGlueError("--tasks is required")
+    from modelglue.search.scorers import MergeScorer
+
+    return MergeScorer(config.tasks, space.base_path or space.members[0], limit=config.limit,
+                       device=config.device, merge_seed=config.seed, threads=config.threads)
+
+
+def _task_notes(config: SearchConfig) -> list[str]:
+    """What the user should know about the task files (e.g. one without split markers)."""
+    if not config.tasks:
+        return []
+    from modelglue.evaluate import unmarked_split
+
+    specs = config.tasks.split(",") if isinstance(config.tasks, str) else list(config.tasks)
+    return [n for n in (unmarked_split(t.strip()) for t in specs if str(t).strip().endswith(".jsonl")) if n]
+
+
+def _open_journal(config: SearchConfig, scorer: Any, out: Path) -> Journal:
+    """The journal in `out` (a new one, or the one --resume continues)."""
+    if out.exists() and not config.resume and any(out.iterdir()):
+        raise ModelGlueError(f"{out} is not empty: pass --resume to continue its search, or choose a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    journal = Journal(out / Journal.FILENAME, config.identity(scorer.describe()), resume=config.resume)
+    (out / "results.json").unlink(missing_ok=True)  # written last: its presence means "complete"
+    return journal
+
+
+def _search(ctx: SearchContext, config: SearchConfig, tasks: list[str]) -> tuple[Record, list[Record]]:
+    """Run the strategy until it ends or the budget is spent; the best record and the
+    Pareto front (pareto strategy only)."""
+    try:
+        get_strategy(config.strategy)(ctx)
+    except BudgetExhausted:
+        pass
+    finally:
+        ctx.close()
+    feasible = [r for r in ctx.history if r.candidate.feasible and np.isfinite(r.fitness)]
+    if not feasible:
+        raise ModelGlueError("no feasible candidate was scored (raise --budget?)")
+    # the best full-validation score wins, single models included; a heuristic's
+    # pick is that best too, but keeps its own on a tie (it may merge more models)
+    best = max(feasible, key=lambda r: (r.fitness, -r.index))
+    if ctx.chosen is not None and ctx.chosen.fitness >= best.fitness:
+        best = ctx.chosen
+    front = nondominated(ctx.history, tasks) if config.strategy == "pareto" else []
+    return best, front
+
+
+def _score_baselines(ctx: SearchContext, space: SearchSpace) -> dict[str, tuple[Record, Record | None]]:
+    """Every single model (the base too, when it is not a member) and the uniform merge,
+    on validation and test, outside the budget."""
+    refs = [space.single(i) for i in range(space.n)] + [space.uniform()]
+    if space.base_path is not None and space.base_path not in space.members:
+        refs.insert(0, space.single_path(space.base_path))  # ties/dare: the base is a model too
+    vals = ctx.score(refs, "validation", count=False)
+    tests = ctx.score(refs, "test", count=False)
+    return {c.origin: (v, t) for c, v, t in zip(refs, vals, tests)}
 
 
 def _central_model(models: Sequence[str | Path]) -> str | None:
