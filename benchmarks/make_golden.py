@@ -38,6 +38,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from golden_lora import build_lora_adapters, lora_recipes
+from golden_tokenizers import build_tokenizer_models, tokenizer_recipes
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "tests" / "data" / "mergekit_golden"
@@ -657,7 +658,8 @@ def run_mergekit(root: Path, name: str, venv: Path) -> tuple[bool, str, float]:
         lines = [ln for ln in (p.stderr + p.stdout).strip().splitlines() if ln.strip()]
         return False, " | ".join(lines[-3:])[-600:], dt
     for f in out.iterdir():
-        keep = f.suffix == ".safetensors" or f.name in ("config.json", "model.safetensors.index.json")
+        keep = f.suffix == ".safetensors" or f.name in ("config.json", "model.safetensors.index.json") \
+            or f.name.startswith("tokenizer")  # written (tokenizer recipes only) despite --no-copy-tokenizer
         if not keep:
             shutil.rmtree(f) if f.is_dir() else f.unlink()
     return True, " ".join(cmd[1:-2]), dt
@@ -690,8 +692,10 @@ def main(argv=None) -> int:
     if not args.no_models and not args.only:
         build_models(root)
     build_bf16_models(root)
+    build_tokenizer_models(root, build_base)
     build_lora_adapters(root)
-    all_r = {**recipes(), **lora_recipes()}
+    tok_names = set(tokenizer_recipes())  # their own manifest section: union ids follow hash order in mergekit
+    all_r = {**recipes(), **tokenizer_recipes(), **lora_recipes()}
     only = [s for s in args.only.split(",") if s]
     names = only or list(all_r)
     manifest_path = root / "manifest.json"
@@ -717,10 +721,11 @@ def main(argv=None) -> int:
         path.write_text(yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None))
         ok, info, dt = run_mergekit(root, name, args.mergekit_venv)
         manifest["recipes"].pop(f"{name}.yml", None)
+        manifest.setdefault("tokenizer_recipes", {}).pop(f"{name}.yml", None)
         manifest["failed"].pop(f"{name}.yml", None)
         if ok:
             desc = describe_output(root / "mergekit_out" / name)
-            manifest["recipes"][f"{name}.yml"] = {
+            manifest["tokenizer_recipes" if name in tok_names else "recipes"][f"{name}.yml"] = {
                 "output": f"mergekit_out/{name}",
                 "method": recipe["merge_method"],
                 "dtype": recipe.get("dtype"),

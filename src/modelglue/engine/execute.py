@@ -163,7 +163,7 @@ class Executor:
         chunked = chunk_elems and plan.method.elementwise and hasattr(source, "get_part")
         for task in plan.tasks:
             n = math.prod(task.shape)
-            if chunked and not task.copy_only and n > chunk_elems:
+            if chunked and not task.copy_only and n > chunk_elems and task.prepare_inputs is None:
                 self.work += [(task, (a, min(n, a + chunk_elems))) for a in range(0, n, chunk_elems)]
                 if plan.method.prepare is not None:
                     self.prepared.append(task)
@@ -220,6 +220,8 @@ class Executor:
             return None, None  # cut from prepare's reads when its turn comes
         if part is None:
             tensors = [self.source.get(m, n) for m, n in task.inputs]
+            if task.prepare_inputs is not None:  # e.g. embedding rows onto the output vocabulary
+                tensors = task.prepare_inputs(tensors)
         else:
             tensors = [self.source.get_part(m, n, *part) for m, n in task.inputs]  # type: ignore[attr-defined]
         if self.copy_stream is None or all(t.device.type == "cuda" for t in tensors):

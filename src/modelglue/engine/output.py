@@ -3,6 +3,7 @@ per-layer lists updated), the recipe as mergekit_config.yml, a model card, the t
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from modelglue.arch import layer_count_key, per_layer_config_keys
@@ -25,6 +26,9 @@ def output_config(plan: Plan) -> dict:
         target[key] = [src_cfgs[m][key][layer] if isinstance(src_cfgs[m].get(key), list) and layer < len(src_cfgs[m][key])
                        else target[key][min(layer, len(target[key]) - 1)] for m, layer in plan.layer_origin]
     target[layer_count_key(target)] = plan.num_out_layers
+    if plan.vocab is not None:  # rows of the output vocabulary (mergekit sets the same key)
+        (config["text_config"] if "text_config" in config and "vocab_size" not in config else config)["vocab_size"] = \
+            plan.vocab.rows
     if "max_window_layers" in target and isinstance(target["max_window_layers"], int):
         target["max_window_layers"] = min(target["max_window_layers"], plan.num_out_layers)
     out_dtype = next((t.dtype for t in plan.tasks if t.dtype.is_floating_point), None)
@@ -38,12 +42,22 @@ def output_config(plan: Plan) -> dict:
 def write_model_files(plan: Plan, out: Path) -> None:
     rec = plan.recipe
     (out / "config.json").write_text(json.dumps(output_config(plan), indent=2) + "\n")
-    tok_src = rec.tokenizer_source
-    if tok_src in (None, "base"):
-        tok_src = rec.base_model or rec.slices[0].sources[0].model
-    copy_tokenizer_files(Path(tok_src), out)
+    write_tokenizer(plan, out)
     (out / "mergekit_config.yml").write_text(recipe_to_yaml(rec.raw))
     (out / "README.md").write_text(model_card(plan))
+
+
+def write_tokenizer(plan: Plan, out: Path) -> None:
+    """The tokenizer the merged rows are indexed by: the aligned vocabulary's (saved by
+    transformers, as mergekit saves it) or, without tokenizer keys, the base's files."""
+    rec = plan.recipe
+    ref = rec.base_model or rec.slices[0].sources[0].model
+    if plan.vocab is None:
+        copy_tokenizer_files(Path(ref), out)
+        return
+    plan.vocab.tokenizer.save_pretrained(str(out))
+    if (Path(ref) / "generation_config.json").is_file():
+        shutil.copyfile(Path(ref) / "generation_config.json", out / "generation_config.json")
 
 
 def model_card(plan: Plan) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -12,6 +12,7 @@ from modelglue.arch import group_by_layer, layer_name, num_layers, tensor_role
 from modelglue.errors import ModelGlueError
 from modelglue.io import Checkpoint, TensorSpec
 from modelglue.methods import REQUIRED, MergeMethod, get_method
+from modelglue.engine.vocab import VocabPlan, is_vocab_tensor, plan_vocab
 from modelglue.recipe import DTYPE_NAMES, OutputSlice, Recipe, SliceSource, evaluate_setting
 
 TORCH_DTYPES = {name: getattr(torch, name) for name in set(DTYPE_NAMES.values())}  # recipe dtype names
@@ -30,6 +31,9 @@ class TensorTask:
     shape: tuple[int, ...]
     dtype: torch.dtype  # output dtype
     copy_only: bool = False  # non-float tensors (buffers) are copied from the base / first input
+    # A per-input step on the read inputs before the method (vocabulary alignment of
+    # embedding rows); such tensors are merged whole, not in chunks.
+    prepare_inputs: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Plan:
     num_out_layers: int
     layer_origin: list[tuple[int, int]] = field(default_factory=list)  # per output layer: (model idx, source layer)
     seed: int = 0
+    vocab: VocabPlan | None = None  # the output tokenizer and row permutations (tokenizer_source / tokenizer:)
 
     def specs(self) -> list[TensorSpec]:
         return [TensorSpec(t.name, t.shape, t.dtype) for t in self.tasks]
@@ -60,16 +65,21 @@ def plan_merge(recipe: Recipe, *, seed: int | None = None, allow_pickle: bool = 
             cache[key] = Checkpoint(m, allow_pickle=allow_pickle)
         ckpts.append(cache[key])
     index = {m.resolve(): i for i, m in enumerate(models)}
-    planner = _Planner(recipe, method, models, ckpts, index)
+    vocab = None
+    if recipe.tokenizer is not None:
+        base = index[recipe.base_model.resolve()] if recipe.base_model else None
+        vocab = plan_vocab(recipe.tokenizer, models, [ck.config for ck in ckpts], base)
+    planner = _Planner(recipe, method, models, ckpts, index, vocab)
     tasks = planner.plan()
     return Plan(recipe, method, models, ckpts, tasks, planner.out_layers, planner.layer_origin,
-                seed=0 if seed is None else seed)
+                seed=0 if seed is None else seed, vocab=vocab)
 
 
 class _Planner:
     def __init__(self, recipe: Recipe, method: MergeMethod, models: list[Path], ckpts: list[Checkpoint],
-                 index: dict[Path, int]):
+                 index: dict[Path, int], vocab: VocabPlan | None = None):
         self.recipe, self.method, self.models, self.ckpts, self.index = recipe, method, models, ckpts, index
+        self.vocab = vocab
         self.out_layers = 0
         self.layer_origin: list[tuple[int, int]] = []
         self.out_dtype = TORCH_DTYPES.get(recipe.out_dtype or recipe.dtype or "")
@@ -124,14 +134,16 @@ class _Planner:
             refs.append((mi, name))
             shapes.append(ck.shape(name))
             dtypes.append(ck.dtype(name))
-        if len(set(shapes)) > 1:
-            detail = ", ".join(f"{src.model.name}: {list(sh)}" for (src, _), sh in zip(inputs, shapes))
-            vocab = " (different vocabularies)" if tensor_role(out_name).kind != "layer" and len({sh[0] for sh in shapes}) > 1 \
-                and len({sh[1:] for sh in shapes}) == 1 else ""
-            raise ModelGlueError(f"shape mismatch for tensor {out_name!r}{vocab}: {detail}")
         base_index = None
         if self.method.uses_base and base_key is not None:  # the recipe checked it is one of the inputs
             base_index = next(i for i, (src, _) in enumerate(inputs) if src.model.resolve() == base_key)
+        shape, align = self.vocab_alignment(out_name, refs, shapes, base_key)
+        if len(set(shapes)) > 1 and align is None:
+            detail = ", ".join(f"{src.model.name}: {list(sh)}" for (src, _), sh in zip(inputs, shapes))
+            vocab = " (different vocabularies)" if tensor_role(out_name).kind != "layer" and len({sh[0] for sh in shapes}) > 1 \
+                and len({sh[1:] for sh in shapes}) == 1 else ""
+            hint = " (tokenizer_source: union aligns them)" if vocab and self.vocab is None else ""
+            raise ModelGlueError(f"shape mismatch for tensor {out_name!r}{vocab}: {detail}{hint}")
         shared = self.resolve(out_name, None, out_slice, t, scope=("shared",))
         per_input = []
         for i, (src, name) in enumerate(inputs):
@@ -139,7 +151,24 @@ class _Planner:
             per_input.append(self.resolve(name, src, out_slice, t, scope=scopes))
         floating = dtypes[0].is_floating_point
         dtype = (self.out_dtype or dtypes[base_index or 0]) if floating else dtypes[base_index or 0]
-        return TensorTask(out_name, refs, base_index, shared, per_input, shapes[0], dtype, copy_only=not floating)
+        return TensorTask(out_name, refs, base_index, shared, per_input, shape, dtype, copy_only=not floating,
+                          prepare_inputs=align if floating else None)
+
+    def vocab_alignment(self, out_name: str, refs: list[tuple[int, str]], shapes: list[tuple[int, ...]],
+                        base_key: Path | None) -> tuple[tuple[int, ...], Any]:
+        """(output shape, prepare step): a vocabulary tensor's rows are permuted onto the
+        output vocabulary when the recipe names a tokenizer; any other tensor is as is."""
+        if self.vocab is None or not all(is_vocab_tensor(name, sh, self.ckpts[m].config)
+                                         for (m, name), sh in zip(refs, shapes)):
+            return shapes[0], None
+        if len({sh[1:] for sh in shapes}) > 1:
+            detail = ", ".join(f"{self.models[m].name}: {list(sh)}" for (m, _), sh in zip(refs, shapes))
+            raise ModelGlueError(f"shape mismatch for tensor {out_name!r} beyond its vocabulary rows: {detail}")
+        base = self.index[base_key] if base_key is not None else None
+        work = TORCH_DTYPES.get(self.recipe.dtype or "")
+        align = self.vocab.aligner(tuple(m for m, _ in refs), base, [sh[0] for sh in shapes], out_name, work)
+        return (self.vocab.rows, *shapes[0][1:]), align
+
 
     def resolve(self, tensor_name: str, src: SliceSource | None, out_slice: OutputSlice, t: float,
                 scope: tuple[str, ...]) -> dict[str, Any]:

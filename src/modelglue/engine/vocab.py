@@ -1,0 +1,286 @@
+"""Vocabulary alignment: the output tokenizer of `tokenizer_source` / `tokenizer:` and, per
+input, the permutation of its embedding and lm_head rows onto it, as mergekit 0.1.5 does
+(mergekit/tokenizer/build.py and embed.py).
+
+Planned once (engine/plan.py calls `plan_vocab`: tokenizers and config.json only); each
+vocabulary tensor's task then carries `align`, a per-input prepare step the executor runs
+on the inputs it has read, before the merge method sees them.
+
+The output vocabulary: `base` is the base model's tokenizer (the first model's when there
+is no base) without the tokens at ids past its config's vocab_size; a model path is that
+model's tokenizer as it is; `union` is the base's plus every token of the other inputs
+(below their vocab_size) it lacks, regular tokens first, then added tokens, each added
+with transformers' `add_tokens`. Tokens named under `tokenizer.tokens` are added when new.
+Rows are len(vocabulary), rounded up to `pad_to_multiple_of`.
+
+Rows, per input: its own row of each token it has; for a token it lacks (or one forced
+under `tokens`) a default row: the configured source if any, else the one model that has
+it, else the base's row if the base has it, else the mean over the models that have it,
+else zero. Padding rows past the vocabulary are the mean of the input's aligned rows.
+
+Where mergekit's order depends on Python set and Rust hash-map iteration (which model is
+"first" without a base, the ids of a union's new tokens), ours is the recipe's order and
+each tokenizer's id order, so the same recipe gives the same ids every run; the tokens
+and their rows are mergekit's.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from modelglue.arch import tensor_role
+from modelglue.errors import ModelGlueError
+from modelglue.tokenizer_spec import TokenEntry, TokenizerSpec
+
+
+def config_vocab_size(config: dict) -> int | None:
+    """vocab_size from config.json (or its text_config)."""
+    for cfg in (config, config.get("text_config")):
+        if isinstance(cfg, dict) and isinstance(cfg.get("vocab_size"), int):
+            return cfg["vocab_size"]
+    return None
+
+
+def is_vocab_tensor(name: str, shape: tuple[int, ...], config: dict) -> bool:
+    """Token-indexed along axis 0: an input / output embedding (or a vocabulary bias)
+    outside the blocks, with config's vocab_size rows; position embeddings are not."""
+    n = config_vocab_size(config)
+    return (n is not None and len(shape) >= 1 and shape[0] == n and tensor_role(name).kind != "layer"
+            and "wpe" not in name and "position" not in name)
+
+
+@dataclass
+class VocabPlan:
+    tokenizer: Any  # the output tokenizer (transformers), saved with the merged model
+    vocab: dict[str, int]  # output token -> id
+    rows: int  # output rows: len(vocab) rounded up to pad_to_multiple_of
+    perms: dict[int, torch.Tensor]  # model index -> per output id, its own row or -1
+    vocabs: dict[int, dict[str, int]]  # model index -> its own token -> id (model_token sources)
+    tokens: dict[str, TokenEntry]
+    model_index: dict[Path, int]
+    _cache: dict[tuple, "_Assignment"] = field(default_factory=dict)
+
+    def aligner(self, models: tuple[int, ...], base: int | None, rows_in: list[int], name: str,
+                dtype: torch.dtype | None) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+        """The prepare step of one vocabulary tensor whose inputs come from `models`
+        (checked now: every configured source must be one of them and in range)."""
+        key = (models, base, tuple(rows_in))
+        if key not in self._cache:
+            try:
+                self._cache[key] = _assign(self, models, base, rows_in)
+            except ModelGlueError as exc:
+                raise ModelGlueError(f"tensor {name}: {exc}") from None
+        return partial(_align, self._cache[key], self.rows, dtype)
+
+
+@dataclass
+class _Assignment:
+    own: list[torch.Tensor]  # per input: per output id, its own row, or -1 (takes the default)
+    default_ids: torch.Tensor  # output ids with a default row
+    parts: list[torch.Tensor]  # per input: per default id, the row it adds to the default, or -1
+    count: torch.Tensor  # per default id: how many rows its default averages (1 for copies and zeros)
+
+
+def plan_vocab(spec: TokenizerSpec, models: list[Path], configs: list[dict], base: int | None) -> VocabPlan:
+    """The output tokenizer and every input's row permutation; reads tokenizers only."""
+    ref = base if base is not None else 0
+    sizes = [config_vocab_size(c) for c in configs]
+    base_tok = _load_tokenizer(models[ref])
+    if base_tok is None:
+        raise ModelGlueError(f"{models[ref]}: no tokenizer to build the output vocabulary from "
+                             f"(tokenizer_source needs the {'base' if base is not None else 'first'} model's)")
+    base_tok = _stripped(base_tok, sizes[ref], models[ref])
+    toks = {ref: base_tok}
+    for i, m in enumerate(models):
+        if i != ref and (tok := _load_tokenizer(m)) is not None:
+            toks[i] = tok
+        elif i != ref:
+            print(f"warning: {m}: no tokenizer; assuming the vocabulary of {models[ref]}", file=sys.stderr)
+    if isinstance(spec.source, Path):
+        out = _load_tokenizer(spec.source)
+        if out is None:
+            raise ModelGlueError(f"tokenizer source {spec.source}: no tokenizer found there")
+    elif spec.source == "base":
+        out = base_tok
+    else:
+        out = _union(base_tok, [(toks[i], sizes[i]) for i in sorted(toks, key=lambda i: i != ref)])
+    for token in spec.tokens:
+        if token not in out.get_vocab():
+            out.add_tokens(token)
+    vocab = out.get_vocab()
+    if vocab and max(vocab.values()) >= len(vocab):
+        raise ModelGlueError("the output tokenizer's ids are not contiguous (its ids run past its size)")
+    rows = len(vocab)
+    if spec.pad_to_multiple_of and rows % spec.pad_to_multiple_of:
+        rows += spec.pad_to_multiple_of - rows % spec.pad_to_multiple_of
+    vocabs = {i: toks.get(i, base_tok).get_vocab() for i in range(len(models))}
+    perms = {i: _permutation(vocab, vocabs[i], sizes[i]) for i in range(len(models))}
+    return VocabPlan(out, vocab, rows, perms, vocabs, dict(spec.tokens), {m.resolve(): i for i, m in enumerate(models)})
+
+
+def _load_tokenizer(path: Path) -> Any:
+    """The model's tokenizer (fast when there is one), or None when it has none."""
+    from transformers import AutoTokenizer
+
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(str(path), use_fast=True, local_files_only=True)
+    except Exception as exc:  # transformers raises many kinds; the user needs one line
+        raise ModelGlueError(f"{path}: cannot load its tokenizer ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def _stripped(tok: Any, size: int | None, path: Path) -> Any:
+    """The tokenizer without the tokens at ids >= the model's vocab_size (rows it lacks)."""
+    vocab = tok.get_vocab()
+    size = size or len(vocab)
+    unused = {t for t, i in vocab.items() if i >= size}
+    if not unused:
+        return tok
+    if not tok.is_fast:
+        raise ModelGlueError(f"{path}: its tokenizer has tokens past vocab_size {size} and no fast version to remove them from")
+    from tokenizers import Tokenizer
+
+    data = json.loads(tok.backend_tokenizer.to_str())
+    if data["model"]["type"] != "BPE":
+        raise ModelGlueError(f"{path}: its tokenizer has tokens past vocab_size {size}; only a BPE one can drop them "
+                             f"(this one is {data['model']['type']})")
+    data["added_tokens"] = [e for e in data["added_tokens"] if e["id"] < size]
+    for t in unused:
+        data["model"]["vocab"].pop(t, None)
+    data["model"]["merges"] = [m for m in data["model"]["merges"]
+                               if not unused & set(m.split(" ") if isinstance(m, str) else m)]
+    tok._tokenizer = Tokenizer.from_str(json.dumps(data))  # the Rust tokenizer transformers wraps
+    return tok
+
+
+def _union(base_tok: Any, toks: list[tuple[Any, int | None]]) -> Any:
+    """The base tokenizer (a copy) plus every other token below its model's vocab_size."""
+    from transformers import AutoTokenizer
+
+    regular: dict[str, None] = {}
+    added: dict[str, Any] = {}
+    for tok, size in toks:
+        size = size or tok.vocab_size
+        special = tok.added_tokens_decoder
+        for token, i in sorted(tok.get_vocab().items(), key=lambda kv: kv[1]):
+            if i < size and i not in special:
+                regular.setdefault(token)
+        for i, info in sorted(special.items()):
+            if i < size:
+                added.setdefault(info.content, info)
+    with tempfile.TemporaryDirectory() as tmp:  # a copy: the base's tokenizer stays as it is
+        base_tok.save_pretrained(tmp)
+        out = AutoTokenizer.from_pretrained(tmp, use_fast=True, local_files_only=True)
+    base_vocab = base_tok.get_vocab()
+    for token in regular:
+        if token not in added and token not in base_vocab:
+            out.add_tokens(token)
+    for info in added.values():
+        out.add_tokens(info)
+    return out
+
+
+def _permutation(vocab: dict[str, int], own: dict[str, int], size: int | None) -> torch.Tensor:
+    size = size or len(own)
+    perm = torch.full((len(vocab),), -1, dtype=torch.long)
+    for token, new in vocab.items():
+        old = own.get(token)
+        if old is not None and old < size:
+            perm[new] = old
+    return perm
+
+
+def _assign(vp: VocabPlan, models: tuple[int, ...], base: int | None, rows_in: list[int]) -> _Assignment:
+    """Which row each input takes for each output token (mergekit's embed.py rules)."""
+    perm = torch.stack([vp.perms[m] for m in models])
+    present = perm >= 0
+    forced = torch.zeros(len(vp.vocab), dtype=torch.bool)
+    for token, entry in vp.tokens.items():
+        forced[vp.vocab[token]] = entry.force
+    default_ids = torch.nonzero(forced | ~present.all(0)).flatten()
+    parts = torch.full((len(models), len(default_ids)), -1, dtype=torch.long)
+    base_pos = models.index(base) if base in models else None
+    id_to_token = {i: t for t, i in vp.vocab.items()} if vp.tokens else {}
+    for d, tid in enumerate(default_ids.tolist()):
+        entry = vp.tokens.get(id_to_token.get(tid, ""))
+        have = present[:, tid]
+        if entry is not None:
+            pos_row = _configured_row(vp, entry, id_to_token[tid], tid, models, perm, rows_in)
+            if pos_row is not None:
+                parts[pos_row[0], d] = pos_row[1]
+        elif int(have.sum()) == 1 or (base_pos is not None and bool(have[base_pos])):
+            p = int(have.nonzero()[0]) if int(have.sum()) == 1 else base_pos
+            parts[p, d] = perm[p, tid]
+        elif bool(have.any()):
+            parts[have, d] = perm[have, tid]
+        else:
+            print(f"warning: token {id_to_token.get(tid, tid)!r} is in no input model; its rows are zero",
+                  file=sys.stderr)
+    own = [torch.where(forced, -1, perm[p]) for p in range(len(models))]
+    count = (parts >= 0).sum(0).clamp(min=1)
+    return _Assignment(own, default_ids, list(parts), count)
+
+
+def _configured_row(vp: VocabPlan, entry: TokenEntry, token: str, tid: int, models: tuple[int, ...],
+                    perm: torch.Tensor, rows_in: list[int]) -> tuple[int, int] | None:
+    """(input position, row) of a token's configured source; None for a zero row."""
+    src = entry.source
+    where = f"tokenizer.tokens[{token!r}]"
+    if src is None:
+        raise ModelGlueError(f"{where}: not every model has this token, so it needs a 'source'")
+    if src.kind == "zero":
+        return None
+    m = vp.model_index[src.model.resolve()]
+    if m not in models:
+        raise ModelGlueError(f"{where}: source model {src.model} is not an input of this tensor")
+    pos = models.index(m)
+    if src.kind == "model":
+        if int(perm[pos, tid]) < 0:
+            raise ModelGlueError(f"{where}: source model {src.model} does not have this token")
+        return pos, int(perm[pos, tid])
+    row = src.token_id
+    if row is None:
+        if src.token not in vp.vocabs[m]:
+            raise ModelGlueError(f"{where}: token {src.token!r} is not in {src.model}'s vocabulary")
+        row = vp.vocabs[m][src.token]
+    if row >= rows_in[pos]:
+        raise ModelGlueError(f"{where}: token id {row} is out of range for {src.model} ({rows_in[pos]} rows)")
+    return pos, row
+
+
+def _align(a: _Assignment, rows: int, dtype: torch.dtype | None, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each input's rows permuted onto the output vocabulary (the prepare step)."""
+    work = dtype
+    if work is None:
+        work = tensors[0].dtype
+        for t in tensors[1:]:
+            work = torch.promote_types(work, t.dtype)
+    tensors = [t.to(work) for t in tensors]
+    dev = tensors[0].device
+    a = _Assignment([o.to(dev) for o in a.own], a.default_ids.to(dev), [p.to(dev) for p in a.parts], a.count.to(dev))
+    n, tail = len(a.own[0]), tensors[0].shape[1:]
+    defaults = tensors[0].new_zeros((len(a.default_ids), *tail))
+    for x, part in zip(tensors, a.parts):  # summed in input order, then averaged, as mergekit
+        sel = part >= 0
+        defaults[sel] = defaults[sel] + x[part[sel]]
+    defaults /= a.count.to(work).view(-1, *([1] * len(tail)))
+    out = []
+    for x, own in zip(tensors, a.own):
+        new = x.new_zeros((rows, *tail))
+        has = torch.nonzero(own >= 0).flatten()
+        new[has] = x[own[has]]
+        takes = own[a.default_ids] < 0
+        new[a.default_ids[takes]] = defaults[takes]
+        if rows > n:  # padding rows: the mean embedding (mergekit, after Hewitt's vocabulary expansion note)
+            new[n:] = torch.mean(new[:n], dim=0)
+        out.append(new)
+    return out
