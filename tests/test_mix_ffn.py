@@ -102,9 +102,9 @@ def test_tied_embeddings_survive(experts, tmp_path):
 
 
 def test_refusals(experts, tmp_path):
-    q = make_tiny_expert(tmp_path / "q", arch="qwen2")
-    with pytest.raises(ModelGlueError, match="qwen2.*--level block or model"):
-        mix("ffn", [q, q], tmp_path / "o1", router="uniform")
+    q = make_tiny_expert(tmp_path / "q", arch="qwen3")  # Qwen2/Qwen3 experts mix (test_mix_mergekit_moe.py)
+    with pytest.raises(ModelGlueError, match="'qwen3' differs from 'llama'"):
+        mix("ffn", [experts["a"], q], tmp_path / "o1", router="uniform")
     with pytest.raises(ModelGlueError, match="needs router data"):
         mix("ffn", [experts["a"], experts["b"]], tmp_path / "o2", router="hidden")
     with pytest.raises(ModelGlueError, match="top-k"):

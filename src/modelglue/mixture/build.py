@@ -16,17 +16,18 @@ from typing import Callable, Sequence
 
 import torch
 
-from modelglue.arch import group_by_layer, num_layers, tensor_role
+from modelglue.arch import num_layers, tensor_role
 from modelglue.errors import ModelGlueError
 from modelglue.io import Checkpoint, atomic_output_dir, check_output_dir, copy_tokenizer_files
 from modelglue.io.safetensors_io import ShardedWriter, TensorSpec
 from modelglue.mixture.data import RouterExample, load_router_data, parse_router_examples
+from modelglue.mixture.moe_export import MIXTRAL, QWEN2_MOE, QWEN3_MOE, MoEParts, Plan, moe_config, moe_write_plan
 from modelglue.mixture.routers import (LinearRouter, accuracy, check_router_kind, completion_logprob, encode,
                                        fit_centroid, fit_gate, fit_logistic, fit_random, gate_accuracy,
                                        layer_input_features, prompt_features)
 
 LEVELS = ("model", "block", "ffn")
-FFN_TYPES = ("llama", "mistral")  # MLP = gate/up/down, no attention biases: Mixtral holds them exactly
+FFN_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # -> Mixtral, Mixtral, Qwen2-MoE, Qwen3-MoE (moe_export.py)
 BLOCK_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # decoder blocks at model.layers, built as cls(config, idx)
 REPORT = "mixture_report.json"
 
@@ -271,12 +272,10 @@ def _open_same_shape(paths: list[Path], allowed: tuple[str, ...], level: str) ->
     ref = ckpts[0]
     mt = ref.config.get("model_type")
     if mt not in allowed:
-        hint = " (Qwen2/Qwen3 have attention biases or norms Mixtral cannot hold: use --level block or model)" \
-            if level == "ffn" and mt in ("qwen2", "qwen3") else ""
         raise ModelGlueError(f"{paths[0]}: model_type {mt!r} cannot be mixed at {level} level "
-                             f"(supported: {', '.join(allowed)}){hint}")
+                             f"(supported: {', '.join(allowed)}; use --level model)")
     if level == "ffn" and (ref.config.get("mlp_bias") or ref.config.get("attention_bias")):
-        raise ModelGlueError(f"{paths[0]}: MLP/attention biases cannot be stored in Mixtral")
+        raise ModelGlueError(f"{paths[0]}: MLP/attention biases cannot be stored in an MoE of these architectures")
     for p, c in zip(paths[1:], ckpts[1:]):
         if c.config.get("model_type") != mt:
             raise ModelGlueError(f"{p}: model_type {c.config.get('model_type')!r} differs from {mt!r}; "
@@ -372,72 +371,52 @@ def _fit_gates(kind: str, level: str, ckpts: list[Checkpoint], get, config: dict
     return gates
 
 
-def _mlp_parts(rest: str) -> str | None:
-    """'.mlp.gate_proj.weight' -> 'w1' (Mixtral's name), etc.; None for non-MLP tensors."""
-    return {".mlp.gate_proj.weight": "w1", ".mlp.up_proj.weight": "w3", ".mlp.down_proj.weight": "w2"}.get(rest)
+FFN_LAYOUTS = {"llama": MIXTRAL, "mistral": MIXTRAL, "qwen2": QWEN2_MOE, "qwen3": QWEN3_MOE}
 
 
 def _build_ffn_level(paths: list[Path], names: list[str], out: Path, kind: str, examples: list[RouterExample],
                      base: Path | None, top_k: int, num_dense: int, gate_scale: float, seed: int,
                      shard_size: int | None) -> MixReport:
-    from transformers import MixtralConfig
-
     ckpts = _open_same_shape(paths, FFN_TYPES, "ffn")
     get, cfg, tok_dir = _shared_source(ckpts, base)
     depth = num_layers(cfg, ckpts[0].names())
     if num_dense > depth:
         raise ModelGlueError(f"--num-dense-layers {num_dense} exceeds the {depth} layers")
-    n_exp = len(ckpts)
-    if top_k > n_exp:
-        raise ModelGlueError(f"--top-k {top_k} exceeds the {n_exp} experts")
-    hidden = int(cfg["hidden_size"])
+    if top_k > len(ckpts):
+        raise ModelGlueError(f"--top-k {top_k} exceeds the {len(ckpts)} experts")
     report = MixReport(level="ffn", experts=names, router=kind, out=str(out))
-    mixed = list(range(num_dense, depth))
-    gates = _fit_gates(kind, "ffn", ckpts, get, cfg, tok_dir, examples, mixed, hidden, gate_scale, seed,
-                       "mean", report)
-
-    # The write plan: every tensor in the experts' order, MLPs expanded to E experts.
-    plan: list[tuple[str, tuple[int, ...], torch.dtype, Callable[[], torch.Tensor]]] = []
+    gates = _fit_gates(kind, "ffn", ckpts, get, cfg, tok_dir, examples, list(range(num_dense, depth)),
+                       int(cfg["hidden_size"]), gate_scale, seed, "mean", report)
+    layout = FFN_LAYOUTS[cfg["model_type"]]
+    # Qwen2-MoE always adds a shared expert: here a zero one of width 1, so the layer is the mixture alone.
     ref = ckpts[0]
-    pre, layers, post = group_by_layer(ref.names())
-    gate_dtype = ref.dtype(pre[0]) if pre else torch.float32
-    for n in pre:
-        plan.append((n, ref.shape(n), ref.dtype(n), lambda n=n: get(n)))
-    for l, lnames in layers.items():
-        mlps = []
-        for n in lnames:
-            role = tensor_role(n)
-            w = _mlp_parts(role.rest)
-            if w is None:
-                plan.append((n, ref.shape(n), ref.dtype(n), lambda n=n: get(n)))
-                continue
-            mlps.append((n, w))
-        moe = f"{tensor_role(lnames[0]).prefix}{l}.block_sparse_moe"
-        plan.append((f"{moe}.gate.weight", (n_exp, hidden), gate_dtype,
-                     lambda l=l: gates.get(l, torch.zeros(n_exp, hidden)).to(gate_dtype)))
-        for e, c in enumerate(ckpts):
-            for n, w in sorted(mlps, key=lambda x: x[1]):
-                # Dense layers: every expert is the shared MLP and the gate is zero, so
-                # the layer computes exactly that MLP (top-k weights sum to one).
-                src = (lambda n=n: get(n)) if l < num_dense else (lambda n=n, c=c: c.get(n))
-                plan.append((f"{moe}.experts.{e}.{w}.weight", ref.shape(n), ref.dtype(n), src))
-    for n in post:
-        plan.append((n, ref.shape(n), ref.dtype(n), lambda n=n: get(n)))
-
-    keep = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "initializer_range",
-            "rms_norm_eps", "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings",
-            "sliding_window", "attention_dropout", "rope_parameters", "dtype")
-    mcfg = {k: cfg[k] for k in keep if k in cfg}
-    if "rope_parameters" not in mcfg and "rope_theta" in cfg:  # transformers 4 configs
-        mcfg["rope_parameters"] = {"rope_type": "default", "rope_theta": cfg["rope_theta"],
-                                   **(cfg.get("rope_scaling") or {})}
-    mcfg.setdefault("head_dim", hidden // int(cfg["num_attention_heads"]))
-    mcfg.setdefault("tie_word_embeddings", "lm_head.weight" not in ref)
-    config = MixtralConfig(**mcfg, num_local_experts=n_exp, num_experts_per_tok=top_k,
-                           architectures=["MixtralForCausalLM"])
+    parts = MoEParts(ref_names=ref.names(), shape=ref.shape, dtype=ref.dtype, shared_get=get,
+                     expert_mlp=[_dense_below(num_dense, get, c.get) for c in ckpts], gates=gates,
+                     shared_width=1 if layout.shared else None)
+    config = moe_config(layout, cfg, len(ckpts), top_k, shared_width=parts.shared_width, keep_sliding_window=True)
     report.details = {"base": str(base) if base else "mean of the experts", "num_dense_layers": num_dense,
-                      "top_k": top_k, "num_local_experts": n_exp, **report.details}
+                      "top_k": top_k, "num_local_experts": len(ckpts), "architecture": layout.architecture,
+                      **report.details}
+    write_moe(out, moe_write_plan(layout, parts), config, "lm_head.weight" in ref, tok_dir, report, shard_size)
+    return report
+
+
+def _dense_below(num_dense: int, dense: Callable[[str], torch.Tensor],
+                 expert: Callable[[str], torch.Tensor]) -> Callable[[str], torch.Tensor]:
+    """An expert's MLP reader. Dense layers: every expert is the shared MLP and the gate
+    is zero, so the layer computes exactly that MLP (top-k weights sum to one)."""
+    return lambda name: dense(name) if tensor_role(name).layer < num_dense else expert(name)
+
+
+def write_moe(out: Path, plan: Plan, config, has_lm_head: bool, tok_dir: Path, report: MixReport,
+              shard_size: int | None) -> None:
+    """Write an FFN-level mixture atomically: tensors, config.json, tokenizer, report.
+    `config` is a transformers config, or a dict for types transformers lacks (DeepSeek)."""
+    if not has_lm_head:  # a head tied to the embeddings in the input stays tied
+        if isinstance(config, dict):
+            config["tie_word_embeddings"] = True
+        else:
+            config.tie_word_embeddings = True
     with atomic_output_dir(out) as tmp:
         writer = ShardedWriter(tmp, [TensorSpec(n, tuple(s), d) for n, s, d, _ in plan], shard_size)
         try:
@@ -447,10 +426,12 @@ def _build_ffn_level(paths: list[Path], names: list[str], out: Path, kind: str, 
         except BaseException:
             writer.abort()
             raise
-        config.save_pretrained(tmp)
+        if isinstance(config, dict):
+            (tmp / "config.json").write_text(json.dumps(config, indent=4) + "\n")
+        else:
+            config.save_pretrained(tmp)
         copy_tokenizer_files(tok_dir, tmp)
         _write_report(tmp, report)
-    return report
 
 
 def _build_block_level(paths: list[Path], names: list[str], out: Path, kind: str, examples: list[RouterExample],

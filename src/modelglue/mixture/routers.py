@@ -348,3 +348,75 @@ class RouterHead(nn.Module):
         if self.normalize:
             x = F.normalize(x, dim=-1)
         return x @ self.weight.T + self.bias
+
+
+# ----------------------------------------------------------------------------- mergekit-moe gates
+
+MOE_GATE_MODES = ("hidden", "hidden_last", "hidden_avg", "cheap_embed", "random", "uniform_random")
+
+
+def moe_gate_vectors(mode: str, base: str, prompts: list[tuple[list[str], list[str]]], num_layers: int,
+                     hidden: int, embed: torch.Tensor | None = None) -> torch.Tensor:
+    """[L, E, H] router rows as mergekit-moe 0.1.5 computes them (`mergekit/moe/router.py`),
+    one (positive, negative) prompt list per gated expert.
+
+    random: N(0, 1) from the global RNG (seed it first); uniform_random: U(-1/sqrt(H),
+    1/sqrt(H)), nn.Linear's init. Otherwise each expert's row is the unit direction of
+    f(positives) - f(negatives): f is, per layer, the bfloat16 base model's hidden state
+    entering that layer, at the last token (hidden, hidden_last) or averaged over the
+    padded width (hidden_avg), then averaged over prompts; for cheap_embed, the summed
+    token embeddings of all prompts, normalised, the same for every layer. Prompts are
+    BOS-prefixed and left-padded with BOS, as mergekit does.
+    """
+    n = len(prompts)
+    if mode == "random":
+        return torch.randn((num_layers, n, hidden))
+    if mode == "uniform_random":
+        bound = math.sqrt(1.0 / hidden)
+        return torch.rand((num_layers, n, hidden)) * 2 * bound - bound
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.padding_side = "left"
+    tokenizer.pad_token_id = tokenizer.bos_token_id
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if mode == "cheap_embed":
+        assert embed is not None
+        feats = lambda batch: _summed_embedding(embed, batch, num_layers)  # noqa: E731
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).eval()
+        feats = lambda batch: _mean_layer_inputs(model, batch, mode == "hidden_avg")  # noqa: E731
+    rows = []
+    for pos, neg in prompts:
+        v = feats(_bos_batch(tokenizer, pos))
+        if neg:
+            v -= feats(_bos_batch(tokenizer, neg))
+        v /= v.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-8)
+        rows.append(v)
+    return torch.stack(rows, dim=0).permute(1, 0, 2)
+
+
+def _bos_batch(tokenizer, prompts: list[str]) -> dict:
+    return tokenizer([(tokenizer.bos_token or "") + p for p in prompts], return_tensors="pt", padding=True,
+                     add_special_tokens=False)
+
+
+def _summed_embedding(embed: torch.Tensor, batch: dict, num_layers: int) -> torch.Tensor:
+    """[L, H]: the unit direction of all real tokens' embeddings summed (float32)."""
+    h = F.embedding(batch["input_ids"], embed.float())  # [B, T, H]; a one-hot matmul gives the same rows
+    summed = (h * batch["attention_mask"].unsqueeze(-1)).sum(dim=1).sum(dim=0, keepdim=True)
+    return (summed / summed.norm(dim=-1, keepdim=True).clamp(min=1e-8)).repeat(num_layers, 1)
+
+
+@torch.no_grad()
+def _mean_layer_inputs(model: nn.Module, batch: dict, average_tokens: bool) -> torch.Tensor:
+    """[L, H]: each layer's input hidden state (hidden_states[l]; default positions, as
+    mergekit passes no position ids), at the last token or averaged over the padded width,
+    then averaged over the prompts."""
+    out = model(**batch, output_hidden_states=True, return_dict=True)
+    h = torch.stack(out.hidden_states[:-1])  # [L, B, T, H]
+    h = h.sum(dim=2) / h.shape[2] if average_tokens else h[:, :, -1, :]
+    return h.sum(dim=1) / h.shape[1]
