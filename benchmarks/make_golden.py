@@ -745,6 +745,10 @@ def main(argv=None) -> int:
             entry["known_difference"] = KNOWN_DIFFERENCES[key[:-4]]
     manifest["recipes"] = dict(sorted(manifest["recipes"].items()))
     manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    if not only:  # the mergekit-moe references (moe/): their own script
+        import make_golden_moe
+
+        make_golden_moe.main(["--out", str(root / "moe"), "--mergekit-venv", str(args.mergekit_venv)])
     total = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
     print(f"golden tree: {total / 1e6:.2f} MB in {root}")
     return 0
