@@ -365,8 +365,9 @@ def zoo_analyze_cmd(model_dirs: tuple[Path, ...], base: Path | None, out_dir: Pa
 # ---- mixtures (modelglue.mixture) -------------------------------------------------------
 
 @main.command("mix")
-@click.option("--level", required=True, type=click.Choice(["model", "block", "ffn"]),
-              help="model: route whole models; block: route decoder blocks; ffn: Mixtral MoE of the MLPs.")
+@click.option("--level", default=None, type=click.Choice(["model", "block", "ffn"]),
+              help="model: route whole models; block: route decoder blocks; ffn: an MoE of the MLPs "
+                   "(Mixtral, Qwen2-MoE, Qwen3-MoE). Without --level: `mix CONFIG.yml OUT`, a mergekit-moe config.")
 @click.option("--experts", "experts_flag", is_flag=True,
               help="The expert model directories follow (DIR...; also accepted without --experts).")
 @click.argument("expert_dirs", nargs=-1, type=click.Path(path_type=Path))
@@ -376,7 +377,7 @@ def zoo_analyze_cmd(model_dirs: tuple[Path, ...], base: Path | None, out_dir: Pa
                    "random; uniform (block/ffn only).")
 @click.option("--router-data", type=click.Path(path_type=Path), default=None,
               help='JSONL lines {"prompt", "expert": index|name} (see docs/mixtures.md).')
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory.")
+@click.option("--out", "out_dir", default=None, type=click.Path(path_type=Path), help="Output directory.")
 @click.option("--top-k", type=int, default=2, show_default=True, help="Experts per token (ffn) or sequence (block).")
 @click.option("--base", type=click.Path(path_type=Path), default=None,
               help="ffn/block: attention, embeddings, norms (and dense layers) from here (default: the experts' mean).")
@@ -388,18 +389,26 @@ def zoo_analyze_cmd(model_dirs: tuple[Path, ...], base: Path | None, out_dir: Pa
               help="model: hidden-state layer the router reads (default: the encoder's middle).")
 @click.option("--router-encoder", type=int, default=None,
               help="model: index of the expert whose features the router reads (default: the smallest).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", "--random-seed", "seed", type=int, default=0, show_default=True)
 @click.option("--shard-size", default="5GB", show_default=True, help="Largest output shard (ffn), e.g. 2GB.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
-def mix_cmd(level: str, experts_flag: bool, expert_dirs: tuple[Path, ...], router: str, router_data: Path | None,
-            out_dir: Path, top_k: int, base: Path | None, num_dense_layers: int, pooling: str,
-            router_layer: int | None, router_encoder: int | None, seed: int, shard_size: str,
-            overwrite: bool) -> None:
-    """Join expert models into one mixture: model-, block- or FFN-level, with a router."""
+@click.option("--strict", is_flag=True, help="CONFIG.yml: refuse keys mergekit-moe would ignore (default: warn).")
+@click.option("--i-understand-this-is-not-useful-without-training", "allow_all_same", is_flag=True,
+              help="CONFIG.yml: build it even if every expert is the same model (as mergekit-moe's flag).")
+def mix_cmd(level: str | None, experts_flag: bool, expert_dirs: tuple[Path, ...], router: str,
+            router_data: Path | None, out_dir: Path | None, top_k: int, base: Path | None, num_dense_layers: int,
+            pooling: str, router_layer: int | None, router_encoder: int | None, seed: int, shard_size: str,
+            overwrite: bool, strict: bool, allow_all_same: bool) -> None:
+    """Join expert models into one mixture: model-, block- or FFN-level, with a router;
+    or run a mergekit-moe config unchanged: modelglue mix CONFIG.yml OUT."""
     import time
 
     from modelglue.mixture import mix
 
+    if level is None:
+        return _mix_moe_config(expert_dirs, out_dir, seed, _parse_size(shard_size), overwrite, strict, allow_all_same)
+    if out_dir is None:
+        raise ModelGlueError("give the output directory: --out DIR")
     experts = [Path(p) for d in expert_dirs for p in str(d).split(",") if p]
     if not experts:
         raise ModelGlueError("give the expert directories: --experts DIR [DIR...]")
@@ -412,6 +421,24 @@ def mix_cmd(level: str, experts_flag: bool, expert_dirs: tuple[Path, ...], route
                f"into {out_dir} in {time.perf_counter() - start:.1f}s")
     click.echo(f"routing accuracy on {rep.n_test} held-out prompts: {acc}"
                + (f" (train {rep.routing_accuracy_train:.3f})" if rep.routing_accuracy_train is not None else ""))
+
+
+def _mix_moe_config(args: tuple[Path, ...], out_dir: Path | None, seed: int, shard_size: int, overwrite: bool,
+                    strict: bool, allow_all_same: bool) -> None:
+    import time
+
+    from modelglue.mixture.moe_config import is_moe_config, mix_moe_config
+
+    if out_dir is not None:
+        args = args + (out_dir,)
+    if len(args) != 2 or not is_moe_config(args[0]):
+        raise ModelGlueError("give --level model|block|ffn and the experts, or a mergekit-moe config: "
+                             "modelglue mix CONFIG.yml OUT")
+    start = time.perf_counter()
+    rep = mix_moe_config(args[0], args[1], seed=seed, overwrite=overwrite, allow_all_same=allow_all_same,
+                         strict=strict, shard_size=shard_size)
+    click.echo(f"{rep.details['architecture']} of {len(rep.experts)} experts ({', '.join(rep.experts)}), "
+               f"gate_mode {rep.router}, into {args[1]} in {time.perf_counter() - start:.1f}s")
 
 
 # ---- the whole pipeline (modelglue.glue) ----------------------------------------------
