@@ -200,34 +200,39 @@ def _permutation(vocab: dict[str, int], own: dict[str, int], size: int | None) -
 
 
 def _assign(vp: VocabPlan, models: tuple[int, ...], base: int | None, rows_in: list[int]) -> _Assignment:
-    """Which row each input takes for each output token (mergekit's embed.py rules)."""
+    """Which row each input takes for each output token (mergekit's embed.py rules),
+    vectorised over the vocabulary; the few tokens under `tokens:` one by one."""
     perm = torch.stack([vp.perms[m] for m in models])
     present = perm >= 0
+    configured = torch.zeros(len(vp.vocab), dtype=torch.bool)
     forced = torch.zeros(len(vp.vocab), dtype=torch.bool)
     for token, entry in vp.tokens.items():
-        forced[vp.vocab[token]] = entry.force
+        configured[vp.vocab[token]], forced[vp.vocab[token]] = True, entry.force
     default_ids = torch.nonzero(forced | ~present.all(0)).flatten()
-    parts = torch.full((len(models), len(default_ids)), -1, dtype=torch.long)
+    have = present[:, default_ids]
+    count = have.sum(0)
     base_pos = models.index(base) if base in models else None
-    id_to_token = {i: t for t, i in vp.vocab.items()} if vp.tokens else {}
-    for d, tid in enumerate(default_ids.tolist()):
-        entry = vp.tokens.get(id_to_token.get(tid, ""))
-        have = present[:, tid]
-        if entry is not None:
-            pos_row = _configured_row(vp, entry, id_to_token[tid], tid, models, perm, rows_in)
-            if pos_row is not None:
-                parts[pos_row[0], d] = pos_row[1]
-        elif int(have.sum()) == 1 or (base_pos is not None and bool(have[base_pos])):
-            p = int(have.nonzero()[0]) if int(have.sum()) == 1 else base_pos
-            parts[p, d] = perm[p, tid]
-        elif bool(have.any()):
-            parts[have, d] = perm[have, tid]
-        else:
-            print(f"warning: token {id_to_token.get(tid, tid)!r} is in no input model; its rows are zero",
-                  file=sys.stderr)
+    # one model has it: that one; else the base if it has it; else all that have it (averaged)
+    takes = have & (count == 1)
+    if base_pos is not None:
+        from_base = (count > 1) & have[base_pos]
+        takes[:, from_base] = False
+        takes[base_pos, from_base] = True
+    takes |= have & ~takes.any(0)
+    parts = torch.where(takes, perm[:, default_ids], -1)
+    id_to_token = {i: t for t, i in vp.vocab.items()}
+    for d in torch.nonzero(configured[default_ids]).flatten().tolist():
+        tid = int(default_ids[d])
+        parts[:, d] = -1
+        pos_row = _configured_row(vp, vp.tokens[id_to_token[tid]], id_to_token[tid], tid, models, perm, rows_in)
+        if pos_row is not None:
+            parts[pos_row[0], d] = pos_row[1]
+    missing = torch.nonzero((count == 0) & ~configured[default_ids]).flatten().tolist()
+    if missing:
+        names = ", ".join(repr(id_to_token[int(default_ids[d])]) for d in missing[:5])
+        print(f"warning: {len(missing)} token(s) in no input model ({names}...): their rows are zero", file=sys.stderr)
     own = [torch.where(forced, -1, perm[p]) for p in range(len(models))]
-    count = (parts >= 0).sum(0).clamp(min=1)
-    return _Assignment(own, default_ids, list(parts), count)
+    return _Assignment(own, default_ids, list(parts), (parts >= 0).sum(0).clamp(min=1))
 
 
 def _configured_row(vp: VocabPlan, entry: TokenEntry, token: str, tid: int, models: tuple[int, ...],
@@ -275,10 +280,12 @@ def _align(a: _Assignment, rows: int, dtype: torch.dtype | None, tensors: list[t
     defaults /= a.count.to(work).view(-1, *([1] * len(tail)))
     out = []
     for x, own in zip(tensors, a.own):
-        new = x.new_zeros((rows, *tail))
-        has = torch.nonzero(own >= 0).flatten()
-        new[has] = x[own[has]]
         takes = own[a.default_ids] < 0
+        if rows == n and not bool(takes.any()) and bool((own == torch.arange(n, device=dev)).all()):
+            out.append(x[:n])  # already in the output's order (same vocabulary): no copy
+            continue
+        new = torch.empty((rows, *tail), dtype=work, device=dev)
+        torch.index_select(x, 0, own.clamp(min=0), out=new[:n])  # rows at -1 are all defaults, set next
         new[a.default_ids[takes]] = defaults[takes]
         if rows > n:  # padding rows: the mean embedding (mergekit, after Hewitt's vocabulary expansion note)
             new[n:] = torch.mean(new[:n], dim=0)
