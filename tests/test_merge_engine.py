@@ -352,19 +352,6 @@ def test_merge_leaves_the_callers_torch_threads_and_matches_in_memory(zoo, tmp_p
         assert all(torch.equal(out[n], expected[n]) for n in expected)
 
 
-def test_chat_template_is_refused_not_silently_dropped(tmp_path):
-    """mergekit writes `chat_template` into the output tokenizer; until we do, a recipe
-    that asks for one fails in one line naming the key, before anything is read."""
-    (tmp_path / "a").mkdir()
-    recipe = {"merge_method": "linear", "chat_template": "chatml",
-              "models": [{"model": str(tmp_path / "a"), "parameters": {"weight": 1.0}}]}
-    with pytest.raises(ModelGlueError, match=r"^recipe: key 'chat_template' is not supported yet") as err:
-        load_recipe(recipe)
-    assert "\n" not in str(err.value)
-    del recipe["chat_template"]
-    load_recipe(recipe)
-
-
 def test_exponents_without_a_dot_are_numbers_as_in_mergekit(tmp_path):
     """PyYAML (YAML 1.1) reads `1e-9` as a string; mergekit's recipes mean a number."""
     for name in ("a", "b"):

@@ -161,8 +161,8 @@ def missing_merge_method(w, z):
 
 
 @case
-def unknown_top_level_key(w, z):
-    return linear(z["a"], z["b"]) + "modles: []\n", [], ["'modles'"]
+def unknown_top_level_key(w, z):  # mergekit ignores it: a warning by default, an error with --strict
+    return linear(z["a"], z["b"]) + "modles: []\n", ["--strict"], ["'modles'", "did you mean", "--strict"]
 
 
 @case
@@ -196,8 +196,8 @@ def model_path_not_a_string(w, z):
 
 
 @case
-def unknown_parameter(w, z):
-    return ties(z["a"], z["b"], z["c"]).replace("density", "densty"), [], ["densty", "did you mean 'density'"]
+def unknown_parameter(w, z):  # mergekit ignores it: a warning by default, an error with --strict
+    return ties(z["a"], z["b"], z["c"]).replace("density", "densty"), ["--strict"], ["densty", "did you mean 'density'"]
 
 
 @case

@@ -107,8 +107,9 @@ def _parse_size(text: str) -> int:
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
 @click.option("--fsync", is_flag=True, help="fsync every shard before the final rename (survives power loss).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--strict", is_flag=True, help="Refuse keys and parameters mergekit would ignore (default: warn and run).")
 def merge_cmd(recipe: Path, out_dir: Path, device: str, threads: int | None, shard_size: str, seed: int,
-              allow_pickle: bool, overwrite: bool, fsync: bool, quiet: bool) -> None:
+              allow_pickle: bool, overwrite: bool, fsync: bool, quiet: bool, strict: bool) -> None:
     """Merge models as RECIPE.yml (mergekit format) says, into OUT_DIR."""
     import time
 
@@ -119,7 +120,8 @@ def merge_cmd(recipe: Path, out_dir: Path, device: str, threads: int | None, sha
     start = time.perf_counter()
     # The bar is for people: on a pipe or a log file it would only garble the error line.
     merge(recipe, out_dir, device=device, seed=seed, threads=threads, shard_size=_parse_size(shard_size),
-          allow_pickle=allow_pickle, overwrite=overwrite, progress=not quiet and sys.stderr.isatty(), fsync=fsync)
+          allow_pickle=allow_pickle, overwrite=overwrite, progress=not quiet and sys.stderr.isatty(), fsync=fsync,
+          strict=strict)
     click.echo(f"merged into {out_dir} in {time.perf_counter() - start:.1f}s")
 
 

@@ -21,14 +21,17 @@ from modelglue.recipe import Recipe, load_recipe
 
 def merge(recipe: str | Path | dict | Recipe, out_dir: str | Path, *, device: str = "cpu", seed: int | None = None,
           threads: int | None = None, shard_size: int | None = None, allow_pickle: bool = False,
-          overwrite: bool = False, progress: bool = False, fsync: bool = False) -> Path:
+          overwrite: bool = False, progress: bool = False, fsync: bool = False, strict: bool = False) -> Path:
     """Merge as a recipe says and write a Hugging Face model directory at out_dir.
 
     Everything is validated before any tensor is read; the output is assembled in a
     hidden sibling directory and renamed into place only when complete. On the CPU this
     sets glibc's malloc thresholds for the rest of the process (io.keep_freed_memory).
+    Keys mergekit ignores are ignored with a warning each; strict=True refuses them.
     """
-    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, strict=strict)
+    if strict and rec.warnings:
+        raise ModelGlueError(f"{rec.warnings[0]} (strict: refused)")
     out_dir = Path(out_dir)
     device = _check_device(device)
     check_output_dir(out_dir, rec.models(), overwrite)

@@ -9,6 +9,7 @@ match wins; lookups go from the model's own parameters to the slice's to the rec
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import re
 import sys
@@ -19,6 +20,7 @@ from typing import Any, Callable
 
 import yaml
 
+from modelglue.chat_templates import AUTO, jinja_problem, resolve_template
 from modelglue.errors import ModelGlueError
 from modelglue.methods import REGISTRY, get_method
 from modelglue.tokenizer_spec import TokenizerSpec, parse_tokenizer
@@ -58,6 +60,8 @@ class Recipe:
     tokenizer_source: str | Path | None = None  # 'base', 'union', a model path, or None (the base / first model)
     tokenizer: TokenizerSpec | None = None  # tokenizer_source or the tokenizer: block; None: no vocabulary alignment
     raw: dict = field(default_factory=dict)  # the recipe as written, saved next to the output
+    chat_template: str | None = None  # the template text, 'auto', or None: the output keeps the copied tokenizer's
+    warnings: list[str] = field(default_factory=list)  # what mergekit would drop silently, one line each
 
     def models(self) -> list[Path]:
         """Every model the recipe reads, base first, without duplicates."""
@@ -71,8 +75,12 @@ class Recipe:
         return seen
 
 
-def load_recipe(source: str | Path | dict, *, base_dir: Path | None = None) -> Recipe:
-    """Parse a recipe from a YAML file, a YAML string, or a dict, and validate it."""
+def load_recipe(source: str | Path | dict, *, base_dir: Path | None = None, strict: bool = False) -> Recipe:
+    """Parse a recipe from a YAML file, a YAML string, or a dict, and validate it.
+
+    Keys and parameters mergekit ignores are ignored here too, each with one warning line
+    on stderr (also kept in Recipe.warnings); with strict=True the first is an error.
+    """
     if isinstance(source, dict):
         raw, where = copy.deepcopy(source), "recipe"
     elif not isinstance(source, (str, Path)):
@@ -106,7 +114,29 @@ def load_recipe(source: str | Path | dict, *, base_dir: Path | None = None) -> R
             raise ModelGlueError(f"{where}: {kind}{at}: {problem}") from None
     if not isinstance(raw, dict):
         raise ModelGlueError(f"{where}: a recipe must be a mapping with at least 'merge_method'")
-    return _validate(raw, where, base_dir)
+    return _validate(raw, where, base_dir, _Ignored(where, strict))
+
+
+class _Ignored:
+    """What mergekit 0.1.5 accepts and silently drops (its pydantic models ignore unknown
+    keys; a method reads only the parameters it declares): one warning line each, printed
+    once the whole recipe is valid; strict: the first one is the error."""
+
+    def __init__(self, where: str, strict: bool):
+        self.where, self.strict, self.lines = where, strict, []
+
+    def add(self, what: str, name: str = "", known: Any = (), hint: str = "") -> None:
+        """`what` names the thing and where it is; a near match of `name` in `known` is offered."""
+        close = difflib.get_close_matches(name, sorted(set(known) - {name}), n=1) if name else []
+        hint = hint or (f" (did you mean {close[0]!r}?)" if close else "")
+        if self.strict:
+            raise ModelGlueError(f"{self.where}: {what}{hint}; mergekit ignores this, and --strict refuses it")
+        self.lines.append(f"{self.where}: {what}{hint}: ignored, as mergekit does")
+
+    def flush(self) -> list[str]:
+        for line in self.lines:
+            print(f"warning: {line}", file=sys.stderr, flush=True)
+        return self.lines
 
 
 def _exists(path: Path) -> bool:
@@ -129,21 +159,18 @@ _RecipeLoader.add_implicit_resolver(
     list("-+0123456789"))
 
 
-def _check_top_level(raw: dict, where: str) -> Any:
+def _check_top_level(raw: dict, where: str, ignored: _Ignored) -> Any:
     """Known keys, a known merge_method, exactly one of models / slices; returns the method."""
-    unknown = sorted(set(map(str, raw)) - TOP_LEVEL_KEYS)
-    if unknown:
-        raise ModelGlueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(TOP_LEVEL_KEYS))})")
     if "merge_method" not in raw:
         raise ModelGlueError(f"{where}: missing key 'merge_method'")
     if not isinstance(raw["merge_method"], str):
         raise ModelGlueError(f"{where}: merge_method must be a method name, got {raw['merge_method']!r}")
     method = get_method(raw["merge_method"])
+    for key in sorted(set(map(str, raw)) - TOP_LEVEL_KEYS):
+        hint = f" (a parameter of {method.name}: put it under 'parameters:')" if method.param(key) else ""
+        ignored.add(f"unknown key {key!r}", key, TOP_LEVEL_KEYS, hint)
     if raw.get("modules") is not None:
         raise ModelGlueError(f"{where}: key 'modules' is not supported yet (use 'slices')")
-    if raw.get("chat_template") is not None:  # mergekit writes it; refused rather than silently dropped
-        raise ModelGlueError(f"{where}: key 'chat_template' is not supported yet (the output would keep the "
-                             "input tokenizer's template); remove it and set the template after merging")
     if (raw.get("models") is not None) == (raw.get("slices") is not None):
         raise ModelGlueError(f"{where}: give exactly one of 'models' or 'slices'")
     return method
@@ -190,23 +217,23 @@ def _lora_reference(value: str, key: str, where: str, base_dir: Path | None) -> 
     return Path(f"{model.absolute()}+{adapter.absolute()}")
 
 
-def _params(value: Any, key: str, where: str, method: Any) -> dict[str, Any]:
-    """A parameters mapping: known names, scalar / gradient / filtered shapes, and the
-    method's types and ranges, before any file is read."""
+def _params(value: Any, key: str, where: str, method: Any, ignored: _Ignored, per_model: bool = False) -> dict[str, Any]:
+    """A parameters mapping: scalar / gradient / filtered shapes, and the method's types
+    and ranges, before any file is read. Names the method does not read (unknown ones,
+    or a shared one such as slerp's `t` given for one model) are ignored, as in mergekit."""
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise ModelGlueError(f"{where}: {key} must be a mapping of parameter names to values")
     for name, setting in value.items():
-        _check_param_name(method.name, str(name), f"{where}: {key}.{name}")
-        _check_setting_shape(setting, f"{where}: {key}.{name}")
-        if (param := method.param(str(name))) is not None:
-            _check_setting_values(param, setting, f"{where}: {key}.{name}")
+        _check_setting_shape(setting, f"{where}: {key}.{name}", f"{key}.{name}", ignored)
+        if _param_is_read(method, str(name), f"{key}.{name}", per_model, ignored):
+            _check_setting_values(method.param(str(name)), setting, f"{where}: {key}.{name}")
     return dict(value)
 
 
 def _models_slice(models: Any, base: Path | None, where: str, path: Callable[..., Path],
-                  params: Callable[..., dict]) -> OutputSlice:
+                  params: Callable[..., dict], ignored: _Ignored) -> OutputSlice:
     """`models:` as one slice over every layer; the base joins the inputs, as in mergekit."""
     if not isinstance(models, list) or not models:
         raise ModelGlueError(f"{where}: 'models' must be a non-empty list")
@@ -216,11 +243,9 @@ def _models_slice(models: Any, base: Path | None, where: str, path: Callable[...
             m = {"model": m}
         if not isinstance(m, dict) or "model" not in m:
             raise ModelGlueError(f"{where}: models[{i}] must be a mapping with a 'model' key")
-        extra = set(m) - {"model", "parameters"}
-        if extra:
-            raise ModelGlueError(f"{where}: models[{i}]: unknown key {sorted(extra)[0]!r}")
+        _ignore_extra_keys(m, {"model", "parameters"}, f"models[{i}]", ignored)
         sources.append(SliceSource(path(m["model"], f"models[{i}].model"), None,
-                                   params(m.get("parameters"), f"models[{i}].parameters")))
+                                   params(m.get("parameters"), f"models[{i}].parameters", per_model=True)))
     paths = [s.model.resolve() for s in sources]
     dup = next((p for p in paths if paths.count(p) > 1), None)
     if dup is not None:
@@ -231,7 +256,7 @@ def _models_slice(models: Any, base: Path | None, where: str, path: Callable[...
 
 
 def _layer_slices(raw_slices: Any, where: str, path: Callable[..., Path],
-                  params: Callable[..., dict]) -> list[OutputSlice]:
+                  params: Callable[..., dict], ignored: _Ignored) -> list[OutputSlice]:
     """`slices:` with `sources` over equal-length `layer_range`s."""
     if not isinstance(raw_slices, list) or not raw_slices:
         raise ModelGlueError(f"{where}: 'slices' must be a non-empty list")
@@ -240,28 +265,50 @@ def _layer_slices(raw_slices: Any, where: str, path: Callable[..., Path],
         key = f"slices[{i}]"
         if not isinstance(s, dict) or not isinstance(s.get("sources"), list) or not s["sources"]:
             raise ModelGlueError(f"{where}: {key} must be a mapping with a non-empty 'sources' list")
-        extra = set(s) - {"sources", "base_model", "parameters", "residual_weight"}
-        if extra:
-            raise ModelGlueError(f"{where}: {key}: unknown key {sorted(extra)[0]!r}")
+        _ignore_extra_keys(s, {"sources", "base_model", "parameters"}, key, ignored)
         sources = []
         for j, src in enumerate(s["sources"]):
             k = f"{key}.sources[{j}]"
             if not isinstance(src, dict) or "model" not in src:
                 raise ModelGlueError(f"{where}: {k} must be a mapping with 'model' and 'layer_range'")
-            extra = set(src) - {"model", "layer_range", "parameters"}
-            if extra:
-                raise ModelGlueError(f"{where}: {k}: unknown key {sorted(extra)[0]!r}")
+            _ignore_extra_keys(src, {"model", "layer_range", "parameters"}, k, ignored)
             lr = src.get("layer_range")
             if not (isinstance(lr, list) and len(lr) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in lr)
                     and 0 <= lr[0] < lr[1]):
                 raise ModelGlueError(f"{where}: {k}.layer_range must be [start, end) with 0 <= start < end, got {lr!r}")
             sources.append(SliceSource(path(src["model"], f"{k}.model"), (lr[0], lr[1]),
-                                       params(src.get("parameters"), f"{k}.parameters")))
+                                       params(src.get("parameters"), f"{k}.parameters", per_model=True)))
         if len({src.layer_range[1] - src.layer_range[0] for src in sources}) != 1:  # type: ignore[index]
             raise ModelGlueError(f"{where}: {key}: all sources of a slice must span the same number of layers")
         sbase = path(s["base_model"], f"{key}.base_model") if s.get("base_model") else None
         slices.append(OutputSlice(sources, sbase, params(s.get("parameters"), f"{key}.parameters")))
     return slices
+
+
+def _ignore_extra_keys(entry: dict, known: set[str], key: str, ignored: _Ignored) -> None:
+    """Keys mergekit's models (InputModelDefinition, OutputSliceDefinition, ...) drop:
+    `revision:` beside `model:`, `lora:`, ... (and `residual_weight`, which it reads and never uses)."""
+    for extra in sorted(set(map(str, entry)) - known):
+        if extra == "residual_weight" and "sources" in known:
+            ignored.add(f"{key}: key 'residual_weight' (mergekit 0.1.5 accepts it and never uses it)")
+        else:
+            ignored.add(f"{key}: unknown key {extra!r}", extra, known)
+
+
+def _ignore_base_only_params(method: Any, s: OutputSlice, base: Path | None, where_slice: str,
+                             ignored: _Ignored) -> None:
+    """A non-base parameter (ties' weight and density, ...) given for the base model: the
+    method reads it for the other models only, as in mergekit."""
+    if not method.uses_base or base is None:
+        return
+    for i, src in enumerate(s.sources):
+        if src.model.resolve() != base.resolve():
+            continue
+        for name in src.parameters:
+            param = method.param(str(name))
+            if param is not None and param.scope == "non_base":
+                ignored.add(f"{where_slice}[{i}].parameters.{name}: {method.name!r} does not read "
+                            f"{str(name)!r} for the base model")
 
 
 def _check_input_counts(method: Any, s: OutputSlice, b: Path | None, where: str) -> None:
@@ -282,19 +329,21 @@ def _check_input_counts(method: Any, s: OutputSlice, b: Path | None, where: str)
                              f"slice, got {others}")
 
 
-def _validate(raw: dict, where: str, base_dir: Path | None) -> Recipe:
+def _validate(raw: dict, where: str, base_dir: Path | None, ignored: _Ignored) -> Recipe:
     """The whole recipe checked, model paths resolved, parameters typed and ranged, before
     any model file is read; each problem is one line naming its key."""
-    method = _check_top_level(raw, where)
+    method = _check_top_level(raw, where, ignored)
     path = partial(_model_path, where=where, base_dir=base_dir)
-    params = partial(_params, where=where, method=method)
+    params = partial(_params, where=where, method=method, ignored=ignored)
     base = path(raw["base_model"], "base_model") if raw.get("base_model") is not None else None
     if raw.get("models") is not None:
-        slices = [_models_slice(raw["models"], base, where, path, params)]
+        slices = [_models_slice(raw["models"], base, where, path, params, ignored)]
     else:
-        slices = _layer_slices(raw["slices"], where, path, params)
-    for s in slices:
+        slices = _layer_slices(raw["slices"], where, path, params, ignored)
+    for i, s in enumerate(slices):
         _check_input_counts(method, s, s.base_model or base, where)
+        _ignore_base_only_params(method, s, s.base_model or base,
+                                 "models" if raw.get("models") is not None else f"slices[{i}].sources", ignored)
     rec = Recipe(
         merge_method=method.name, slices=slices, base_model=base,
         parameters=params(raw.get("parameters"), "parameters"),
@@ -303,7 +352,20 @@ def _validate(raw: dict, where: str, base_dir: Path | None) -> Recipe:
     )
     rec.tokenizer = parse_tokenizer(raw, where, path, rec.models())
     rec.tokenizer_source = rec.tokenizer.source if rec.tokenizer else None
+    rec.chat_template = _chat_template(raw.get("chat_template"), where, ignored)
+    rec.warnings = ignored.flush()
     return rec
+
+
+def _chat_template(value: Any, where: str, ignored: _Ignored) -> str | None:
+    """`chat_template`: a shipped name, 'auto' or inline Jinja (chat_templates.resolve_template)."""
+    if value == "":
+        ignored.add("empty key 'chat_template'")
+    template = resolve_template(value, where)
+    problem = jinja_problem(template) if template not in (None, AUTO) else None
+    if problem:  # mergekit writes it all the same; apply_chat_template will fail on it
+        ignored.lines.append(f"{where}: chat_template is not valid Jinja ({problem}); written as given, as mergekit does")
+    return template
 
 
 def _count(low: int, high: int | None) -> str:
@@ -318,18 +380,23 @@ def _dtype(value: Any, key: str, where: str) -> str | None:
     return DTYPE_NAMES[value.lower()]
 
 
-def _check_param_name(method: str, name: str, where: str) -> None:
-    if get_method(method).param(name) is not None:
-        return
-    known_elsewhere = any(m.param(name) for m in REGISTRY.values())
-    if known_elsewhere:  # e.g. a leftover `density` after switching ties -> linear: mergekit ignores it too
-        print(f"warning: {where}: parameter {name!r} is not used by {method!r}; ignored", file=sys.stderr)
-        return
-    import difflib
-
-    all_names = sorted({p.name for m in REGISTRY.values() for p in m.params})
-    close = difflib.get_close_matches(name, all_names, n=1)
-    raise ModelGlueError(f"{where}: unknown parameter {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+def _param_is_read(method: Any, name: str, key: str, per_model: bool, ignored: _Ignored) -> bool:
+    """Whether the method reads this parameter here; if not, one warning (mergekit resolves
+    only the parameters a method declares, and shared ones only from the slice and the top)."""
+    param = method.param(name)
+    if param is None:
+        # a leftover `density` after switching ties -> linear, a typo'd `densty`: near
+        # matches among this method's parameters first, then any method's
+        own = {p.name for p in method.params}
+        known = own if difflib.get_close_matches(name, sorted(own), n=1) else \
+            {p.name for m in REGISTRY.values() for p in m.params}
+        ignored.add(f"{key}: parameter {name!r} is not used by {method.name!r}", name, known)
+        return False
+    if per_model and param.scope == "shared":
+        ignored.add(f"{key}: {method.name!r} reads {name!r} once per tensor, from the slice's or the recipe's "
+                    "'parameters', not per model")
+        return False
+    return True
 
 
 def _check_setting_values(param: Any, setting: Any, where: str) -> None:
@@ -347,7 +414,7 @@ def _check_setting_values(param: Any, setting: Any, where: str) -> None:
     param.check(setting, where)
 
 
-def _check_setting_shape(setting: Any, where: str) -> None:
+def _check_setting_shape(setting: Any, where: str, key: str, ignored: _Ignored) -> None:
     scalar = (bool, int, float, str)
     if isinstance(setting, scalar) or setting is None:
         return
@@ -359,9 +426,13 @@ def _check_setting_shape(setting: Any, where: str) -> None:
         if all(isinstance(e, scalar) for e in setting):
             return
         for cond in setting:
-            if not isinstance(cond, dict) or "value" not in cond or set(cond) - {"value", "filter"}:
+            if not isinstance(cond, dict) or "value" not in cond:
                 raise ModelGlueError(f"{where}: conditions must be mappings with 'value' and optional 'filter'")
-            _check_setting_shape(cond["value"], where)
+            if not (cond.get("filter") is None or isinstance(cond["filter"], str)):
+                raise ModelGlueError(f"{where}: a condition's filter must be a string, got {cond['filter']!r}")
+            for extra in sorted(set(map(str, cond)) - {"value", "filter"}):
+                ignored.add(f"{key}: unknown key {extra!r} in a condition", extra, ("value", "filter"))
+            _check_setting_shape(cond["value"], where, key, ignored)
         return
     raise ModelGlueError(f"{where}: unsupported value {setting!r}")
 

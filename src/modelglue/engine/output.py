@@ -3,10 +3,12 @@ per-layer lists updated), the recipe as mergekit_config.yml, a model card, the t
 from __future__ import annotations
 
 import json
+import sys
 import shutil
 from pathlib import Path
 
 from modelglue.arch import layer_count_key, per_layer_config_keys
+from modelglue.chat_templates import AUTO, auto_template, write_template
 from modelglue.engine.plan import TORCH_DTYPE_NAMES, Plan
 from modelglue.io import copy_tokenizer_files
 from modelglue.recipe import recipe_to_yaml
@@ -43,6 +45,7 @@ def write_model_files(plan: Plan, out: Path) -> None:
     rec = plan.recipe
     (out / "config.json").write_text(json.dumps(output_config(plan), indent=2) + "\n")
     write_tokenizer(plan, out)
+    write_chat_template(plan, out)
     (out / "mergekit_config.yml").write_text(recipe_to_yaml(rec.raw))
     (out / "README.md").write_text(model_card(plan))
 
@@ -58,6 +61,22 @@ def write_tokenizer(plan: Plan, out: Path) -> None:
     plan.vocab.tokenizer.save_pretrained(str(out))
     if (Path(ref) / "generation_config.json").is_file():
         shutil.copyfile(Path(ref) / "generation_config.json", out / "generation_config.json")
+
+
+def write_chat_template(plan: Plan, out: Path) -> None:
+    """The recipe's `chat_template` into the tokenizer just written, as mergekit's
+    _set_chat_template: `auto` takes the inputs' most common template (none found: the
+    tokenizer keeps its own); an output without a tokenizer gets none (a warning)."""
+    template = plan.recipe.chat_template
+    if template == AUTO:
+        template = auto_template(plan.recipe.models())
+    if template is None:
+        return
+    if not any((out / name).is_file() for name in ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")):
+        print("warning: chat_template: the output has no tokenizer (its source has none), so the template is "
+              "not written, as in mergekit", file=sys.stderr, flush=True)
+        return
+    write_template(out, template)
 
 
 def model_card(plan: Plan) -> str:

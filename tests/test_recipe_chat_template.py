@@ -1,0 +1,89 @@
+"""Issue 17, item 3: `chat_template` as mergekit 0.1.5 writes it (named templates, inline
+Jinja, `auto`), checked against mergekit's own outputs on committed fixtures
+(tests/data/mergekit_golden/chat_templates, made by benchmarks/golden_chat_templates.py)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modelglue.errors import ModelGlueError
+from modelglue.merge import merge
+from modelglue.recipe import load_recipe
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "mergekit_golden" / "chat_templates"
+MANIFEST = json.loads((GOLDEN / "manifest.json").read_text()) if (GOLDEN / "manifest.json").is_file() else {}
+CT_RECIPES = sorted(r for r in MANIFEST.get("recipes", {}) if r.startswith("ct_") and r != "ct_unknown_name.yml")
+CHAT = [{"role": "system", "content": "hi"}, {"role": "user", "content": "hello world"},
+        {"role": "assistant", "content": "how are you ?"}, {"role": "user", "content": "the world"}]
+
+
+def _rendered(out: Path) -> tuple[str | None, str | None]:
+    """The tokenizer's chat template and what it renders (None, None without a template)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    if not tok.chat_template:
+        return None, None
+    try:
+        text = tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # mistral's template refuses a system turn followed by ... : same error both sides
+        text = f"{type(exc).__name__}: {exc}"
+    return tok.chat_template, text
+
+
+@pytest.mark.parametrize("name", CT_RECIPES)
+def test_chat_template_matches_mergekit(name, tmp_path):
+    expected = GOLDEN / MANIFEST["recipes"][name]["output"]
+    out = merge(GOLDEN / name, tmp_path / "out")
+    ours, theirs = load_file(out / "model.safetensors"), load_file(expected / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    for k in theirs:
+        torch.testing.assert_close(ours[k], theirs[k], atol=1e-6, rtol=0)
+    # the file transformers reads first, byte for byte, where mergekit writes one
+    assert (out / "chat_template.jinja").is_file() == (expected / "chat_template.jinja").is_file()
+    if (expected / "chat_template.jinja").is_file():
+        assert (out / "chat_template.jinja").read_bytes() == (expected / "chat_template.jinja").read_bytes()
+        assert "chat_template" not in json.loads((out / "tokenizer_config.json").read_text())
+    assert _rendered(out) == _rendered(expected)
+    from transformers import AutoTokenizer
+
+    a, b = AutoTokenizer.from_pretrained(out), AutoTokenizer.from_pretrained(expected)
+    assert a.get_vocab() == b.get_vocab() and a.special_tokens_map == b.special_tokens_map
+
+
+def test_named_templates_render_their_text(tmp_path):
+    """A named template is the shipped file's text: what apply_chat_template produces is
+    that template rendered (checked here on chatml by hand)."""
+    out = merge(GOLDEN / "ct_chatml.yml", tmp_path / "out")
+    _, text = _rendered(out)
+    assert text == ("<|im_start|>system\nhi<|im_end|>\n<|im_start|>user\nhello world<|im_end|>\n"
+                    "<|im_start|>assistant\nhow are you ?<|im_end|>\n<|im_start|>user\nthe world<|im_end|>\n"
+                    "<|im_start|>assistant\n")
+
+
+def test_unknown_template_name_is_refused_before_reading(tmp_path):
+    """mergekit finds a bad name only after writing the weights, then writes no tokenizer
+    at all (its fixture has none); modelglue refuses it up front, naming the templates."""
+    assert not (GOLDEN / "mergekit_out" / "ct_unknown_name" / "tokenizer.json").exists()
+    with pytest.raises(ModelGlueError, match=r"unknown chat_template 'zephyr'.*chatml.*'auto'") as err:
+        merge(GOLDEN / "ct_unknown_name.yml", tmp_path / "out")
+    assert "\n" not in str(err.value) and not (tmp_path / "out").exists()
+    with pytest.raises(ModelGlueError, match="did you mean 'chatml'"):
+        load_recipe({"merge_method": "linear", "models": [str(GOLDEN / "models" / "ct_base")], "chat_template": "chatlm"})
+    with pytest.raises(ModelGlueError, match="chat_template must be"):
+        load_recipe({"merge_method": "linear", "models": [str(GOLDEN / "models" / "ct_base")], "chat_template": 3})
+
+
+def test_invalid_inline_jinja_is_written_with_a_warning(tmp_path, capsys):
+    """mergekit writes an inline template without compiling it; so do we, with a warning."""
+    bad = "{% for m in messages %}{{ m['content'] }}"  # no endfor
+    rec = {"merge_method": "linear", "chat_template": bad,
+           "models": [{"model": str(GOLDEN / "models" / n), "parameters": {"weight": 1.0}} for n in ("ct_base", "ct_ft")]}
+    out = merge(rec, tmp_path / "out")
+    assert (out / "chat_template.jinja").read_text() == bad
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "not valid Jinja" in warnings[0] and "line 1" in warnings[0]
