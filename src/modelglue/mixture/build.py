@@ -205,23 +205,50 @@ def _build_model_level(paths: list[Path], names: list[str], out: Path, kind: str
                        router_layer: int | None, router_encoder: int | None, pooling: str, seed: int) -> MixReport:
     from modelglue.mixture.modeling import ModelMixtureConfig, ModelMixtureForCausalLM
 
-    # Experts that share a tokenizer make a token-level model (forward, generate on ids);
-    # experts with their own tokenizers still mix, through the text API (generate_text).
+    models, tokenizers, shared = _open_model_experts(paths)
+    sizes = [sum(p.numel() for p in m.parameters()) for m in models]
+    enc = min(range(len(models)), key=sizes.__getitem__) if router_encoder is None else router_encoder
+    if not 0 <= enc < len(models):
+        raise ModelGlueError(f"--router-encoder {enc} out of range (there are {len(models)} experts)")
+    tokenizer = tokenizers[enc]
+    features = "embed" if kind == "embed" else "hidden"
+    feats_of, layer, dim = _router_features(models[enc], tokenizer, features, router_layer, pooling)
+    labelled = _label_unlabelled(examples, [lambda p, c, m=m, t=t: completion_logprob(m, t, p, c)
+                                            for m, t in zip(models, tokenizers)])
+    fitted, report = _fit_prompt_router(kind, feats_of, examples, len(models), seed, dim)
+    router_cfg = {"kind": kind, "features": features, "encoder": enc, "layer": layer, "pooling": pooling,
+                  "normalize": fitted.normalize, "dim": dim}
+    vocab = max(int(m.config.get_text_config().vocab_size) for m in models)
+    config = ModelMixtureConfig(experts=[m.config.to_dict() for m in models], expert_names=names,
+                                router=router_cfg, vocab_size=vocab, shared_tokenizer=shared,
+                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                pad_token_id=tokenizer.pad_token_id)
+    mixture = ModelMixtureForCausalLM(config, experts=models)
+    mixture.router.load(fitted)
+    mixture.generation_config = models[enc].generation_config
+    report.level, report.experts, report.out = "model", names, str(out)
+    report.details = {"router": router_cfg, **labelled, "expert_params": sizes, "shared_tokenizer": shared}
+    _save_model_mixture(out, mixture, paths, enc, shared, report)
+    return report
+
+
+def _open_model_experts(paths: list[Path]) -> tuple[list, list, bool]:
+    """The experts as live models, their tokenizers, and whether they share one tokenizer.
+    Experts that share a tokenizer make a token-level model (forward, generate on ids);
+    experts with their own tokenizers still mix, through the text API (generate_text)."""
     idents = [_tokenizer_identity(p) for p in paths]
     if None in idents:
         raise ModelGlueError(f"{paths[idents.index(None)]}: no tokenizer files (tokenizer.json); "
                              "a model-level mixture routes text, so every expert needs one")
     shared = len(set(idents)) == 1
     tokenizers = [_load_tokenizer(p) for p in paths] if not shared else [_load_tokenizer(paths[0])] * len(paths)
-    models = [_load_lm(p) for p in paths]
-    sizes = [sum(p.numel() for p in m.parameters()) for m in models]
-    enc = min(range(len(models)), key=sizes.__getitem__) if router_encoder is None else router_encoder
-    if not 0 <= enc < len(models):
-        raise ModelGlueError(f"--router-encoder {enc} out of range (there are {len(models)} experts)")
-    encoder = models[enc]
-    tokenizer = tokenizers[enc]
+    return [_load_lm(p) for p in paths], tokenizers, shared
+
+
+def _router_features(encoder, tokenizer, features: str, router_layer: int | None,
+                     pooling: str) -> tuple[Callable[[list[str]], torch.Tensor], int, int]:
+    """The router's feature function (prompts -> [N, dim]), the hidden-state layer it reads, and dim."""
     depth = num_layers(encoder.config.to_dict())
-    features = "embed" if kind == "embed" else "hidden"
     # Middle layers separate tasks better than the last one, which is already shaped
     # towards next-token prediction (and is what the final norm feeds the head).
     layer = (depth + 1) // 2 if router_layer is None else router_layer
@@ -238,21 +265,10 @@ def _build_model_level(paths: list[Path], names: list[str], out: Path, kind: str
             chunks.append(prompt_features(encoder, ids_, mask, features, layer, pooling))
         return torch.cat(chunks) if chunks else torch.zeros(0, dim)
 
-    labelled = _label_unlabelled(examples, [lambda p, c, m=m, t=t: completion_logprob(m, t, p, c)
-                                            for m, t in zip(models, tokenizers)])
-    fitted, report = _fit_prompt_router(kind, feats_of, examples, len(models), seed, dim)
-    router_cfg = {"kind": kind, "features": features, "encoder": enc, "layer": layer, "pooling": pooling,
-                  "normalize": fitted.normalize, "dim": dim}
-    vocab = max(int(m.config.get_text_config().vocab_size) for m in models)
-    config = ModelMixtureConfig(experts=[m.config.to_dict() for m in models], expert_names=names,
-                                router=router_cfg, vocab_size=vocab, shared_tokenizer=shared,
-                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                pad_token_id=tokenizer.pad_token_id)
-    mixture = ModelMixtureForCausalLM(config, experts=models)
-    mixture.router.load(fitted)
-    mixture.generation_config = models[enc].generation_config
-    report.level, report.experts, report.out = "model", names, str(out)
-    report.details = {"router": router_cfg, **labelled, "expert_params": sizes, "shared_tokenizer": shared}
+    return feats_of, layer, dim
+
+
+def _save_model_mixture(out: Path, mixture, paths: list[Path], enc: int, shared: bool, report: MixReport) -> None:
     with atomic_output_dir(out) as tmp:
         mixture.save_pretrained(tmp)
         copy_tokenizer_files(paths[enc], tmp)  # the router's tokenizer (the only one when shared)
@@ -261,7 +277,6 @@ def _build_model_level(paths: list[Path], names: list[str], out: Path, kind: str
                 (tmp / "tokenizers" / str(i)).mkdir(parents=True)
                 copy_tokenizer_files(p, tmp / "tokenizers" / str(i))
         _write_report(tmp, report)
-    return report
 
 
 # ----------------------------------------------------------------------------- ffn & block
