@@ -190,3 +190,21 @@ def test_cli_runs_a_union_recipe_and_refuses_a_bad_one(tmp_path):
     res = CliRunner().invoke(main, ["merge", str(bad), str(tmp_path / "out2")])
     assert res.exit_code == 2
     assert "not one of the recipe's models" in res.output and not (tmp_path / "out2").exists()
+
+
+def test_merge_into_a_live_model_needs_the_output_vocabulary(merged):
+    """InMemoryMerger.merge_into writes a union merge into a model with the output's rows,
+    and refuses in one line a model that still has an input's vocabulary."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = merged("tok_union_slerp.yml")
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(out)))
+    with _in_golden():
+        InMemoryMerger().merge_into(model, GOLDEN / "tok_union_slerp.yml")
+    written = load_file(out / "model.safetensors")
+    state = model.state_dict()
+    for name, t in written.items():
+        assert torch.equal(state[name], t), name
+    small = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(M / "tok_base")))
+    with _in_golden(), pytest.raises(ModelGlueError, match=r"embed_tokens.weight' is \[21, 16\], the target's is \[19, 16\]"):
+        InMemoryMerger().merge_into(small, GOLDEN / "tok_union_slerp.yml")
