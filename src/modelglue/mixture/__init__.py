@@ -3,6 +3,7 @@
     from modelglue.mixture import mix
     mix("ffn", ["zoo/a_add", "zoo/a_rev"], "out/moe", router="hidden", router_data="route.jsonl")
     mix("model", ["zoo/a_base", "zoo/c_base"], "out/mm", router="trained", router_data="route.jsonl")
+    mix_moe_config("moe.yml", "out/moe")          # a mergekit-moe config, unchanged
 
 Importing this package (as `import modelglue` does) registers the block- and model-level
 mixture types with transformers' Auto classes, lazily: see autoregister.py. FFN-level
@@ -19,7 +20,7 @@ from modelglue.mixture.autoregister import install as _install
 _install()
 
 _LAZY = {
-    "LEVELS": "build", "MixReport": "build", "mix": "build",
+    "LEVELS": "build", "MixReport": "build", "mix": "build", "mix_moe_config": "moe_config",
     "RouterExample": "data", "load_router_data": "data", "parse_router_examples": "data",
     "BlockMixtureConfig": "configuration", "ModelMixtureConfig": "configuration",
     "BlockMixtureForCausalLM": "modeling", "ModelMixtureForCausalLM": "modeling",
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from modelglue.mixture.configuration import BlockMixtureConfig, ModelMixtureConfig
     from modelglue.mixture.data import RouterExample, load_router_data, parse_router_examples
     from modelglue.mixture.modeling import BlockMixtureForCausalLM, ModelMixtureForCausalLM
+    from modelglue.mixture.moe_config import mix_moe_config
     from modelglue.mixture.routers import ROUTER_KINDS, LinearRouter
 
 

@@ -54,9 +54,8 @@ class MoEConfig(BaseModel):
 
 
 def is_moe_config(path: str | Path) -> bool:
-    """A YAML file (what `modelglue mix CONFIG.yml OUT` takes instead of --level)."""
-    p = Path(path)
-    return p.suffix.lower() in (".yml", ".yaml") and p.is_file()
+    """A YAML file name (what `modelglue mix CONFIG.yml OUT` takes instead of --level)."""
+    return Path(path).suffix.lower() in (".yml", ".yaml")
 
 
 def load_moe_config(path: str | Path, *, strict: bool = False) -> tuple[MoEConfig, dict[str, Path], list[str]]:
