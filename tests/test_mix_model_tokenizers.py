@@ -6,6 +6,7 @@ ids (mistral), and a BPE tokenizer that splits the same text into other pieces (
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -191,3 +192,84 @@ def test_lm_eval_adapter_scores_the_mixture_like_our_evaluator(experts, mixture_
     theirs = run_lm_eval(mixture, tok, ["modelglue_mc"], split="test", include_path=tmp_path / "tasks")
     assert ours == 0.5
     assert theirs["modelglue_mc"]["score"] == 0.5 and theirs["modelglue_mc"]["n"] == len(rows)
+
+
+# ----------------------------------------------------------------------------- glue
+
+
+def _with_added_tokens(src, out):
+    """src's tokenizer plus two added tokens and two more embedding rows (as CodeLlama
+    extends Llama-2's vocabulary): merges with src after aligning the vocabularies."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from modelglue.demo.train import save_tokenizer
+
+    tok, model = AutoTokenizer.from_pretrained(src), AutoModelForCausalLM.from_pretrained(src)
+    tok.add_tokens(["<PRE>", "<SUF>"])
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(out)
+    save_tokenizer(tok, out)
+    return out
+
+
+def _expert_choice_tasks(experts, root):
+    """Two multiple-choice tasks, one per expert: each row's answer is that expert's own
+    favourite choice, so expert 0 wins task `digits` and expert 1 task `letters`."""
+    import random
+
+    rng = random.Random(0)
+    digits = list(dict.fromkeys(f"{rng.randint(0, 60)}+{rng.randint(0, 60)}=" for _ in range(60)))[:40]
+    letters = list(dict.fromkeys("".join(rng.choice("abcdefghijklmnop") for _ in range(rng.randint(3, 7)))
+                                 for _ in range(60)))[:40]
+    paths = []
+    for e, (name, prompts) in enumerate((("digits", digits), ("letters", letters))):
+        lm = HFTextLM(*load_model(experts[e]))
+        lines = []
+        for i, p in enumerate(prompts):
+            choices = ["12", "abcd", " Q", "7"]
+            scores = [s for s, _ in lm.loglikelihoods([(p, c) for c in choices])]
+            lines.append({"prompt": p, "choices": choices, "answer": max(range(4), key=scores.__getitem__),
+                          "split": "validation" if i % 2 else "test"})
+        path = root / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+        paths.append(str(path))
+    return paths
+
+
+def test_glue_mixes_clusters_with_different_tokenizers(experts, tmp_path, monkeypatch):
+    from modelglue.evaluate import load_text_lm
+    from modelglue.glue import GlueConfig, run_glue
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    zoo = [experts[0], experts[2], _with_added_tokens(experts[0], tmp_path / "char_added")]
+    tasks = _expert_choice_tasks([experts[0], experts[2]], tmp_path)
+    cfg = GlueConfig(models=zoo, tasks=tasks, out_dir=tmp_path / "out", routers=["trained"], budget=2,
+                     strategies=["heuristic-average"], limit=None, pareto=False)
+    results = run_glue(cfg, quiet=True)
+    # three compatibility groups, each its own cluster: nothing merges directly
+    assert len(results["groups"]) == 3 and len(results["clusters"]) == 3
+    singles = {e["name"]: e for e in results["entries"] if e["kind"] == "single"}
+    assert singles["char"]["test"]["digits"] == 1.0 and singles["bpe"]["test"]["letters"] == 1.0
+    final = next(e for e in results["entries"] if e["kind"] == "model-glue")
+    assert json.loads((tmp_path / "out" / "final" / "mixture_report.json").read_text())["experts"] == ["char", "bpe"]
+    # the final mixture scores each test row as the expert it routes the row to, alone
+    mixture = load_text_lm(tmp_path / "out" / "final")
+    alone = [HFTextLM(*load_model(e)) for e in (experts[0], experts[2])]
+    for t, path in enumerate(tasks):
+        rows = [json.loads(x) for x in Path(path).read_text().splitlines() if '"test"' in x]
+        route = mixture.route([r["prompt"] for r in rows])
+        assert sum(e == t for e in route) >= 0.9 * len(rows)  # routed across tokenizers to the task's winner
+        hits = []
+        for r, e in zip(rows, route):
+            scores = [s for s, _ in alone[e].loglikelihoods([(r["prompt"], c) for c in r["choices"]])]
+            hits.append(max(range(4), key=scores.__getitem__) == r["answer"])
+        assert final["test"][Path(path).stem] == sum(hits) / len(hits)
+    assert results["final"]["test_mean"] >= 0.95 and results["final"]["gain_over_best_single"] > 0
+    # the report says which clusters merge after alignment and that glue kept them mixed
+    levels = results["merge_levels"]
+    assert [sorted(Path(p).name for p in f["models"]) for f in levels["after_alignment"]] == [["char", "char_added"]]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## How the clusters can be joined" in md
+    assert "merge after aligning vocabularies" in md and "kept apart" in md
+    assert "each expert reads its own tokenizer" in final["note"]
+    assert "mix only" in md and "How the clusters can be joined" in (tmp_path / "out" / "report.html").read_text()

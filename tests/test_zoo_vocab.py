@@ -109,7 +109,8 @@ def test_reports_say_what_merges_how(analysis):
     res, out = analysis
     text = summary_table(res)
     assert "merge after aligning vocabularies (a union tokenizer, tokenizer_source: union):" in text
-    assert "  groups 0 + 1 + 2: the same vocabulary up to 4 added tokens (60 vs 64), 60 vs 64 embedding rows" in text
+    assert "  groups 0 + 1 + 2:\n    group 0 / group 1: the same vocabulary up to 4 added tokens (60 vs 64), " \
+           "60 vs 64 embedding rows\n    group 0 / group 2: the same vocabulary, 60 vs 64 embedding rows\n" in text
     assert "  group 0 / group 3: vocabularies differ (the same token has another id)" in text
     levels = json.loads((out / "clusters.json").read_text())["merge_levels"]
     assert [Path(p).name for p in levels["after_alignment"][0]["models"]] == ["llama2", "llama2_ft", "codellama", "padded"]

@@ -167,105 +167,131 @@ class _Log:
 
 def run_glue(cfg: GlueConfig, *, quiet: bool = False) -> dict:
     """Run the whole pipeline into cfg.out_dir; returns the results (also results.json)."""
-    from modelglue.evaluate import evaluate_dir
-    from modelglue.zoo import analyze_zoo
+    from modelglue.evaluate import evaluate_dir, unmarked_split
 
     log = _Log(quiet)
     out = cfg.out_dir
     check_outside_inputs(out, cfg.models)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = cfg.tasks
-    score = lambda path, split: _scores(evaluate_dir(path, tasks, split=split, limit=cfg.limit if split == "validation" else cfg.test_limit))  # noqa: E731
-
-    from modelglue.evaluate import unmarked_split
-
-    for t in tasks:
+    score = lambda path, split: _scores(evaluate_dir(path, cfg.tasks, split=split, limit=cfg.limit if split == "validation" else cfg.test_limit))  # noqa: E731
+    for t in cfg.tasks:
         if t.endswith(".jsonl") and (how := unmarked_split(t)):
             log(how)
-
-    # 1. analysis
-    log(f"analyzing {len(cfg.models)} models")
-    analysis = analyze_zoo([str(m) for m in cfg.models], base=str(cfg.base) if cfg.base else None,
-                           out_dir=out / "analysis", threshold=cfg.threshold, method=cfg.cluster_method)
+    analysis = _analyze(cfg, out, log)  # 1. analysis
     clusters = [[Path(p) for p in c] for c in analysis.cluster_paths]
     bases = [Path(p) for p in analysis.cluster_base_paths]
-    log(f"{len(analysis.groups)} compatibility groups, {len(clusters)} clusters: "
-        + "; ".join(", ".join(p.name for p in c) for c in clusters))
-
-    # 2. every single model
-    singles: list[Entry] = []
+    singles: list[Entry] = []  # 2. every single model
     for m in cfg.models:
         log(f"scoring {m.name}")
         singles.append(Entry(m.name, "single", str(m), score(m, "validation"), score(m, "test")))
     by_path = {Path(e.path).resolve(): e for e in singles}
-
-    # 3. per cluster: the best merge found within the budget
-    cluster_entries: list[Entry] = []
-    uniform_entries: list[Entry] = []
-    searches: list[dict] = []
-    chosen: list[Any] = []  # the search's pick per multi-member cluster
+    merged = _ClusterMerges()  # 3. per cluster: the best merge found within the budget
     for k, (members, base) in enumerate(zip(clusters, bases)):
+        merged.add(k, members, base, by_path, cfg, out, score, log)
+    # 4. the mixture of cluster models, with the best router on validation
+    final = _mix_clusters(merged.entries, cfg, out, score, log)
+    _link_final(Path(final.path), out / "final")
+    # 5. ablations: what merging added on top of routing
+    best_members = [_best_member(c, by_path) for c in clusters]
+    ablation = _ablation(clusters, merged.entries, best_members, merged.chosen, final, cfg, out, score, log)
+    pareto = _pareto(clusters, bases, cfg, out, log) if cfg.pareto else None
+    extra = _group_baselines(analysis, cfg, out, score, log) if cfg.baselines else []  # 6. baselines
+    entries = singles + merged.uniform + extra + [e for e in merged.entries if e.note != "single member"] + [final]
+    results = _results(cfg, analysis, singles, entries, final, log)
+    results.update(searches=merged.searches, ablation=ablation, pareto=pareto)
+    from modelglue.glue_report import write_report
+
+    write_report(results, out)
+    log(f"report: {out / 'report.html'}")
+    return results
+
+
+def _analyze(cfg: GlueConfig, out: Path, log):
+    """The zoo analysis (out/analysis), logged with how its clusters can be joined."""
+    from modelglue.zoo import analyze_zoo
+
+    log(f"analyzing {len(cfg.models)} models")
+    analysis = analyze_zoo([str(m) for m in cfg.models], base=str(cfg.base) if cfg.base else None,
+                           out_dir=out / "analysis", threshold=cfg.threshold, method=cfg.cluster_method)
+    log(f"{len(analysis.groups)} compatibility groups, {len(analysis.clusters)} clusters: "
+        + "; ".join(", ".join(Path(p).name for p in c) for c in analysis.cluster_paths))
+    for line in _join_notes(analysis):
+        log(line)
+    return analysis
+
+
+def _join_notes(analysis) -> list[str]:
+    """What glue does with groups that cannot merge directly: it mixes them. Groups that
+    merge after aligning their vocabularies are mixed too (said so: a union-tokenizer
+    merge of them is left to `modelglue merge` with `tokenizer_source: union`)."""
+    notes = []
+    for fam in analysis.merge_levels()["after_alignment"]:
+        notes.append(f"groups {' + '.join(map(str, fam['groups']))} merge after aligning vocabularies "
+                     f"({'; '.join(fam['why'])}): kept apart here, joined by the mixture")
+    for m in analysis.merge_levels()["mix_only"]:
+        notes.append(f"groups {m['groups'][0]} and {m['groups'][1]}: mix only ({m['why']})")
+    return notes
+
+
+class _ClusterMerges:
+    """Each cluster's model (its best merge, or its best member) and the searches behind it."""
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+        self.uniform: list[Entry] = []
+        self.searches: list[dict] = []
+        self.chosen: list[Any] = []  # the search's pick per multi-member cluster
+
+    def add(self, k: int, members: list[Path], base: Path, by_path: dict[Path, Entry], cfg: GlueConfig, out: Path,
+            score, log) -> None:
         if len(members) == 1:
             e = by_path[members[0].resolve()]
-            cluster_entries.append(Entry(f"cluster{k}", "cluster-merge", e.path, e.validation, e.test, note="single member"))
-            continue
+            self.entries.append(Entry(f"cluster{k}", "cluster-merge", e.path, e.validation, e.test, note="single member"))
+            return
         best = None
         for strategy in cfg.strategies:
             log(f"cluster {k}: {strategy} over {len(members)} models (budget {cfg.budget})")
             result = _search(members, base, cfg, strategy, out / "clusters" / f"cluster{k}" / f"search-{strategy}",
-                             log=None if quiet else (lambda line, k=k, s=strategy: log(f"cluster {k}: {s}: {line}")))
+                             log=(lambda line, s=strategy: log(f"cluster {k}: {s}: {line}")) if log.on else None)
             log(f"cluster {k}: {strategy}: {result.verdict}")
-            searches.append({"cluster": k, "strategy": strategy, "dir": str(result.out_dir),
-                             "validation": result.best.fitness, "scored_now": result.scored_now,
-                             "nonzero_models": result.best.candidate.nonzero(), "verdict": result.verdict,
-                             "method": result.best.candidate.method if not result.best.candidate.is_single else None,
-                             "full_evaluations": len(result.history), "subset_evaluations": len(result.screened)})
+            self.searches.append(_search_row(k, strategy, result))
             if best is None or result.best.fitness > best.best.fitness:
                 best = result
-            if "uniform" in result.baselines and not any(u.name == f"uniform{k}" for u in uniform_entries):
+            if "uniform" in result.baselines and not any(u.name == f"uniform{k}" for u in self.uniform):
                 val, test = result.baselines["uniform"]
-                uniform_entries.append(Entry(f"uniform{k}", "uniform-merge", "", val.scores, test.scores if test else {},
-                                             note=f"linear, equal weights over {len(members)} models"))
-        cluster_entries.append(_cluster_model(k, members, best, by_path, cfg, out, score, log))
-        chosen.append(best.best.candidate)
+                self.uniform.append(Entry(f"uniform{k}", "uniform-merge", "", val.scores, test.scores if test else {},
+                                          note=f"linear, equal weights over {len(members)} models"))
+        self.entries.append(_cluster_model(k, members, best, by_path, cfg, out, score, log))
+        self.chosen.append(best.best.candidate)
 
-    # 4. the mixture of cluster models, with the best router on validation
-    final = _mix_clusters(cluster_entries, cfg, out, score, log)
-    _link_final(Path(final.path), out / "final")
 
-    # 5. ablations: what merging added on top of routing
-    best_members = [_best_member(c, by_path) for c in clusters]
-    ablation = _ablation(clusters, cluster_entries, best_members, chosen, final, cfg, out, score, log)
-    pareto = _pareto(clusters, bases, cfg, out, log) if cfg.pareto else None
+def _search_row(k: int, strategy: str, result) -> dict:
+    cand = result.best.candidate
+    return {"cluster": k, "strategy": strategy, "dir": str(result.out_dir), "validation": result.best.fitness,
+            "scored_now": result.scored_now, "nonzero_models": cand.nonzero(), "verdict": result.verdict,
+            "method": cand.method if not cand.is_single else None,
+            "full_evaluations": len(result.history), "subset_evaluations": len(result.screened)}
 
-    # 6. baselines that need building
-    extra: list[Entry] = []
-    if cfg.baselines:
-        extra += _group_baselines(analysis, cfg, out, score, log)
 
-    entries = singles + uniform_entries + extra + [e for e in cluster_entries if e.note != "single member"] + [final]
+def _results(cfg: GlueConfig, analysis, singles: list[Entry], entries: list[Entry], final: Entry, log) -> dict:
+    """results.json (the searches, ablation and Pareto front are added by the caller)."""
     best_single = max(singles, key=lambda e: e.test_mean)
-    results = {
+    return {
         "config": {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if k == "models" else v)
                    for k, v in asdict(cfg).items()},
         "tasks": list(final.test) or list(singles[0].test),
-        "clusters": [[str(p) for p in c] for c in clusters],
-        "cluster_bases": [str(b) for b in bases],
+        "clusters": analysis.cluster_paths,
+        "cluster_bases": analysis.cluster_base_paths,
         "groups": [[analysis.paths[i] for i in g] for g in analysis.groups],
-        "searches": searches,
-        "ablation": ablation,
-        "pareto": pareto,
+        "merge_levels": analysis.merge_levels(),
+        "join_notes": _join_notes(analysis),
+        "searches": [], "ablation": None, "pareto": None,
         "entries": [{**asdict(e), "test_mean": e.test_mean, "validation_mean": e.validation_mean} for e in entries],
         "best_single": {"name": best_single.name, "test_mean": best_single.test_mean},
         "final": {"name": final.name, "path": final.path, "test_mean": final.test_mean,
                   "gain_over_best_single": final.test_mean - best_single.test_mean},
         "seconds": round(time.perf_counter() - log.t0, 1),
     }
-    from modelglue.glue_report import write_report
-
-    write_report(results, out)
-    log(f"report: {out / 'report.html'}")
-    return results
 
 
 def _scores(res: dict) -> dict[str, float]:
@@ -327,12 +353,23 @@ def _mix_clusters(cluster_entries: list[Entry], cfg: GlueConfig, out: Path, scor
         val = score(target, "validation")
         log(f"router {router}: validation mean {sum(val.values()) / max(1, len(val)):.3f}")
         cand = Entry("model-glue", "model-glue", str(target), val, {}, note=f"model-level mixture of "
-                     f"{' + '.join(e.name for e in experts)}, router {router}", router=router)
+                     f"{' + '.join(e.name for e in experts)}, router {router}{_tokenizer_note(target)}", router=router)
         if best is None or cand.validation_mean > best.validation_mean:
             best = cand
     assert best is not None
     best.test = score(Path(best.path), "test")
     return best
+
+
+def _tokenizer_note(mixture_dir: Path) -> str:
+    """Say so when the mixture's experts each read their own tokenizer (it is driven through text)."""
+    import json
+
+    try:
+        shared = json.loads((mixture_dir / "config.json").read_text()).get("shared_tokenizer", True)
+    except (OSError, ValueError):
+        return ""
+    return "" if shared else "; each expert reads its own tokenizer (routed and scored through text)"
 
 
 def _best_member(members: list[Path], by_path: dict[Path, Entry]) -> Entry:

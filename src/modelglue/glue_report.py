@@ -95,6 +95,17 @@ def ablation_md(ab: dict) -> str:
     return "\n".join(rows)
 
 
+def join_lines(results: dict) -> list[str]:
+    """Which models merge directly (one compatibility group each), which after aligning
+    their vocabularies, which only mix, and what glue did with each."""
+    levels = results.get("merge_levels")
+    if not levels:
+        return []
+    direct = "; ".join(f"group {g}: " + ", ".join(Path(p).name for p in models)
+                       for g, models in enumerate(levels["direct"]))
+    return [f"merge directly (one compatibility group each): {direct}", *results.get("join_notes", [])]
+
+
 def _href(path: str, out: Path) -> str | None:
     """A link from the report to a model directory (relative where it lies under --out)."""
     if not path:
@@ -122,10 +133,12 @@ def write_report(results: dict, out: Path) -> None:
     clusters = "\n".join(f"- cluster {i} (base {Path(b).name}): " + ", ".join(Path(p).name for p in c)
                          for i, (c, b) in enumerate(zip(results["clusters"], results["cluster_bases"])))
     notes = "\n".join(f"- {e['name']}: {e['note']}" for e in results["entries"] if e.get("note"))
+    joins = join_lines(results)
     images = _images(out)
     ab = results.get("ablation")
     md = "\n\n".join([
         "# Model-GLUE report", *summary, "## Clusters", clusters,
+        *(["## How the clusters can be joined", "\n".join(f"- {line}" for line in joins)] if joins else []),
         *(["## What merging added (test split)", ablation_md(ab)] if ab else []),
         "## Results (test split)", table_md(results),
         "## Notes", notes or "-",
@@ -144,7 +157,7 @@ def write_report(results: dict, out: Path) -> None:
         routing_adds=(ab["mixture"]["of_best_members_test"] - results["best_single"]["test_mean"]) if ab else 0.0,
         clusters=[{"base": Path(b).name, "members": [Path(p).name for p in c]}
                   for c, b in zip(results["clusters"], results["cluster_bases"])],
-        tasks=results["tasks"], kind_label=KIND_LABEL,
+        joins=joins, tasks=results["tasks"], kind_label=KIND_LABEL,
         entries=[{**e, "href": _href(e["path"], out), "recipe": _recipe_href(e["path"], out)}
                  for e in sorted(results["entries"], key=lambda e: -e["test_mean"])],
         notes=[e for e in results["entries"] if e.get("note")],

@@ -72,7 +72,8 @@ def merge_level_lines(result: ZooAnalysis) -> list[str]:
     if levels["after_alignment"]:
         lines.append("merge after aligning vocabularies (a union tokenizer, tokenizer_source: union):")
         for fam in levels["after_alignment"]:
-            lines.append(f"  groups {' + '.join(map(str, fam['groups']))}: {'; '.join(fam['why'])}")
+            lines.append(f"  groups {' + '.join(map(str, fam['groups']))}:")
+            lines += [f"    {why}" for why in fam["why"]]
     if levels["mix_only"]:
         lines.append("mix only (a model-level mixture joins them):")
         lines += [f"  group {a} / group {b}: {m['why']}" for m in levels["mix_only"] for a, b in [m["groups"]]]

@@ -98,7 +98,8 @@ class ZooAnalysis:
         return {
             "direct": [names([g]) for g in range(len(self.groups))],
             "after_alignment": [{"models": names(f), "groups": f,
-                                 "why": [link["reason"] for link in self.group_links
+                                 "why": [f"group {link['groups'][0]} / group {link['groups'][1]}: {link['reason']}"
+                                         for link in self.group_links
                                          if link["relation"] == ALIGN and set(link["groups"]) <= set(f)]}
                                 for f in families if len(f) > 1],
             # pairs in one alignment family merge through the family's union vocabulary
