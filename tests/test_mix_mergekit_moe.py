@@ -77,12 +77,27 @@ def test_refuses_what_mergekit_moe_refuses(name, tmp_path):
 
 def test_unknown_keys_warn_with_a_near_match(tmp_path, capsys):
     mix_moe_config(GOLDEN / "moe_unknown_keys.yml", tmp_path / "out")
-    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:") and "unknown key" in ln]
     assert len(err) == 3
     assert "unknown key 'dype' (did you mean 'dtype'?)" in err[0]
     assert any("experts[0]: unknown key 'revision'" in ln for ln in err)
     with pytest.raises(ModelGlueError, match="'dype'.*--strict"):
         mix_moe_config(GOLDEN / "moe_unknown_keys.yml", tmp_path / "strict", strict=True)
+
+
+def test_degenerate_gates_warn_as_mergekit_moe_does(tmp_path, capsys):
+    """Router rows of layer 0 of moe_qwen3_hidden are nearly dependent (condition number
+    above mergekit-moe's threshold of 5): one warning line, and it is in the report."""
+    import json as _json
+
+    vecs = load_file(GOLDEN / "mergekit_out" / "moe_qwen3_hidden" / "model.safetensors")
+    conds = [float(torch.linalg.cond(vecs[f"model.layers.{l}.mlp.gate.weight"])) for l in range(2)]
+    assert conds[0] > 5 >= conds[1]
+    mix_moe_config(GOLDEN / "moe_qwen3_hidden.yml", tmp_path / "out")
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "degenerate" in ln]
+    assert len(lines) == 1 and "layer 0:" in lines[0]
+    report = _json.loads((tmp_path / "out" / "mixture_report.json").read_text())
+    assert any("degenerate" in w for w in report["details"]["warnings"])
 
 
 # ----------------------------------------------------------------------------- tiny models built here

@@ -11,6 +11,7 @@ each (and a near match).
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -210,9 +211,25 @@ def _gates(cfg: MoEConfig, inputs: _Inputs, depth: int, hidden: int) -> tuple[to
     shared = cfg.shared_experts or []
     if any(e.positive_prompts for e in shared) or (shared and cfg.gate_mode in ("random", "uniform_random")):
         gated += shared
+    if cfg.gate_mode.startswith("hidden") and inputs.base.adapter is not None:
+        raise ModelGlueError(f"base_model {cfg.base_model}: gate_mode {cfg.gate_mode!r} runs the base model, "
+                             "which cannot be a model+LoRA reference (merge the adapter first)")
     embed = inputs.base.get("model.embed_tokens.weight") if cfg.gate_mode == "cheap_embed" else None
     prompts = [(e.positive_prompts or [], e.negative_prompts or []) for e in gated]
     return moe_gate_vectors(cfg.gate_mode, str(inputs.base.model_dir), prompts, depth, hidden, embed), len(cfg.experts)
+
+
+def _warn_degenerate(vecs: torch.Tensor, where: str) -> str | None:
+    """mergekit-moe's warning: layers whose router rows are nearly dependent (condition
+    number above 5) will leave some experts underused."""
+    bad = [l for l in range(vecs.shape[0]) if float(torch.linalg.cond(vecs[l].float())) > 5.0]
+    if not bad:
+        return None
+    which = "every layer" if len(bad) == vecs.shape[0] else f"layer{'s' * (len(bad) > 1)} " + ", ".join(map(str, bad))
+    line = (f"{where}: {which}: degenerate routing parameters (router rows nearly dependent; the prompts "
+            "may be too similar): some experts will be underused")
+    print(f"warning: {line}", file=sys.stderr, flush=True)
+    return line
 
 
 def _out_dtype(cfg: MoEConfig, base: dict) -> str | None:
@@ -237,6 +254,7 @@ def mix_moe_config(config: str | Path, out: str | Path, *, seed: int = 0, overwr
     depth, hidden = int(base_cfg["num_hidden_layers"]), int(base_cfg["hidden_size"])
     torch.manual_seed(seed)  # what mergekit-moe --random-seed does before drawing gates and noise
     vecs, n_routed = _gates(cfg, inputs, depth, hidden)
+    degenerate = _warn_degenerate(vecs, where)
     dtype = _out_dtype(cfg, base_cfg)
     parts = MoEParts(ref_names=inputs.base.names(), shape=inputs.base.shape, dtype=inputs.base.dtype,
                      shared_get=inputs.base.get,
@@ -251,7 +269,8 @@ def mix_moe_config(config: str | Path, out: str | Path, *, seed: int = 0, overwr
     report = MixReport(level="ffn", experts=names, router=cfg.gate_mode, out=str(out))
     report.details = {"config": where, "architecture": layout.architecture, "gate_mode": cfg.gate_mode,
                       "base": cfg.base_model, "experts_per_token": cfg.experts_per_token,
-                      "shared_experts": [e.source_model for e in cfg.shared_experts or []], "warnings": warnings}
+                      "shared_experts": [e.source_model for e in cfg.shared_experts or []],
+                      "warnings": warnings + ([degenerate] if degenerate else [])}
     write_moe(out, moe_write_plan(layout, parts), out_cfg, "lm_head.weight" in inputs.base, inputs.base.model_dir,
               report, shard_size)
     return report

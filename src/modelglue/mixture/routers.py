@@ -376,7 +376,11 @@ def moe_gate_vectors(mode: str, base: str, prompts: list[tuple[list[str], list[s
         return torch.rand((num_layers, n, hidden)) * 2 * bound - bound
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base)
+    except (OSError, ValueError) as exc:
+        raise ModelGlueError(f"{base}: cannot load the base model's tokenizer (the gates read the prompts "
+                             f"with it): {str(exc).splitlines()[0][:160]}") from None
     tokenizer.padding_side = "left"
     tokenizer.pad_token_id = tokenizer.bos_token_id
     if tokenizer.pad_token_id is None:
@@ -387,7 +391,11 @@ def moe_gate_vectors(mode: str, base: str, prompts: list[tuple[list[str], list[s
     else:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).eval()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).eval()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelGlueError(f"{base}: cannot load the base model for hidden-state gates "
+                                 f"({str(exc).splitlines()[0][:160]})") from None
         feats = lambda batch: _mean_layer_inputs(model, batch, mode == "hidden_avg")  # noqa: E731
     rows = []
     for pos, neg in prompts:
