@@ -10,10 +10,21 @@ The adapters are written by hand in PEFT's file format (deterministic, seeded):
   lm_head in modules_to_save (a full tensor in the adapter);
 - qwen2_lora: rslora (scale alpha / sqrt(r)), alpha 6, r 4, and lora_bias on q/k/v_proj
   (Qwen2's attention biases gain scale * lora_B.bias).
+
+Run as a script, it also writes what mergekit-extract-lora 0.1.5 extracts from golden
+model pairs (EXTRACTIONS) to mergekit_out/extract_lora/<name>/ (adapter_config.json +
+adapter_model.safetensors) and their options to mergekit_out/extract_lora/manifest.json,
+for tests/test_lora.py to compare `modelglue extract-lora` against:
+
+    .venv/bin/python benchmarks/golden_lora.py      # after make_golden.py built models/
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -95,3 +106,43 @@ def lora_recipes() -> dict[str, dict]:
             "dtype": "float32",
         },
     }
+
+
+# name -> (base, fine-tune, mergekit-extract-lora options); our CLI takes the same options
+EXTRACTIONS = {
+    "llama_r4": ("models/llama_base", "models/llama_ft1", ["--max-rank", "4"]),
+    "llama_r3_embed_attn": ("models/llama_base", "models/llama_ft2",
+                            ["--max-rank", "3", "--embed-lora", "-i", "self_attn|embed|lm_head", "-e", "o_proj",
+                             "--save-module", "down_proj", "--no-distribute-scale"]),
+    # sv_epsilon between the task vectors' top singular values: per-module ranks 1 to 3
+    "qwen2_r3_epsilon_skip": ("models/qwen2_base", "models/qwen2_ft1", ["--max-rank", "3", "--skip-undecomposable",
+                                                                      "--sv-epsilon", "0.0285"]),
+}
+
+
+def run_extractions(root: Path, venv: Path) -> None:
+    out_root = root / "mergekit_out" / "extract_lora"
+    if out_root.exists():
+        shutil.rmtree(out_root)
+    out_root.mkdir(parents=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    manifest = {}
+    for name, (base, tuned, options) in EXTRACTIONS.items():
+        out = out_root / name
+        # absolute paths: mergekit's model card asks the Hub about "a/b"-shaped relative ones
+        cmd = [str(venv / "bin" / "mergekit-extract-lora"), "--base-model", str(root / base), "--model",
+               str(root / tuned), "--out-path", str(out), *options]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if p.returncode != 0:
+            sys.exit(f"{name}: mergekit-extract-lora failed: {(p.stderr or p.stdout).strip().splitlines()[-1]}")
+        for f in out.iterdir():
+            if f.name not in ("adapter_config.json", "adapter_model.safetensors"):
+                f.unlink()
+        manifest[name] = {"base": base, "model": tuned, "options": options}
+        print(f"ok    extract {name}")
+    (out_root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    here = Path(__file__).resolve().parents[1]
+    run_extractions(here / "tests" / "data" / "mergekit_golden", here / ".venv-mergekit")

@@ -382,3 +382,34 @@ def test_extract_refuses_mismatched_shapes(models, tmp_path):
     res = CliRunner().invoke(main, ["extract-lora", str(models["llama"]), str(tmp_path / "t"), str(tmp_path / "o")])
     assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
     assert "model.layers.1.mlp.up_proj.weight" in res.output and "[24, 16]" in res.output
+
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "mergekit_golden"
+EXTRACTED = GOLDEN / "mergekit_out" / "extract_lora"  # benchmarks/golden_lora.py
+
+
+@pytest.mark.parametrize("name", sorted(json.loads((EXTRACTED / "manifest.json").read_text())))
+def test_extract_matches_mergekit(name, tmp_path):
+    """mergekit-extract-lora 0.1.5's adapters, from the same golden models and options."""
+    entry = json.loads((EXTRACTED / "manifest.json").read_text())[name]
+    res = CliRunner().invoke(main, ["extract-lora", str(GOLDEN / entry["base"]), str(GOLDEN / entry["model"]),
+                                    str(tmp_path / "ad"), *entry["options"], "-q"])
+    assert res.exit_code == 0, res.output
+    ours, ref = load_file(tmp_path / "ad" / "adapter_model.safetensors"), load_file(EXTRACTED / name / "adapter_model.safetensors")
+    tied = json.loads((GOLDEN / entry["model"] / "config.json").read_text()).get("tie_word_embeddings")
+    if tied:  # mergekit also saves the tied lm_head (a copy of embed_tokens); we store no tensor the model lacks
+        assert torch.equal(ref.pop("base_model.model.lm_head.weight"), ref["base_model.model.model.embed_tokens.weight"])
+    cfg, ref_cfg = (json.loads((d / "adapter_config.json").read_text()) for d in (tmp_path / "ad", EXTRACTED / name))
+    if not cfg["lora_bias"]:  # mergekit writes lora_B.bias without lora_bias (PEFT ignores them); we leave them out
+        ref = {k: v for k, v in ref.items() if not k.endswith("lora_B.bias")}
+    assert sorted(ours) == sorted(ref)
+    for key, t in ref.items():  # the same torch.linalg.svd on the same task vector: the same factors
+        assert ours[key].dtype == t.dtype and torch.allclose(ours[key], t, atol=1e-6, rtol=1e-5), key
+    for key in ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "use_rslora", "fan_in_fan_out", "peft_type"):
+        assert cfg[key] == ref_cfg[key], key
+    assert sorted(cfg["target_modules"]) == sorted(ref_cfg["target_modules"])
+    assert sorted(cfg["modules_to_save"] or []) == sorted(set(ref_cfg["modules_to_save"] or []) - ({"lm_head"} if tied else set()))
+    # mergekit's adapter reads as ours does (its tied lm_head dropped, with a warning)
+    theirs, mine = (Checkpoint(f"{GOLDEN / entry['base']}+{d}") for d in (EXTRACTED / name, tmp_path / "ad"))
+    for tensor in mine.names():
+        assert torch.allclose(theirs.get(tensor), mine.get(tensor), atol=1e-6), tensor

@@ -157,8 +157,10 @@ def extract_lora(base: str | Path, tuned: str | Path, out_dir: str | Path, opts:
                                          opts.distribute_scale)
         out_dtype = tuned_ck.dtype(name)
         kind, suffix = ("lora_embedding", "") if embedding else ("lora", ".weight")
-        factors[f"{PEFT_PREFIX}{module}.{kind}_A{suffix}"] = a.to("cpu", out_dtype)
-        factors[f"{PEFT_PREFIX}{module}.{kind}_B{suffix}"] = b.to("cpu", out_dtype)
+        # fresh row-major strides: a rank-1 factor cut from SVD's column-major output counts as
+        # contiguous with a last stride != 1, which a byte view refuses
+        factors[f"{PEFT_PREFIX}{module}.{kind}_A{suffix}"] = a.to("cpu", out_dtype).clone(memory_format=torch.contiguous_format)
+        factors[f"{PEFT_PREFIX}{module}.{kind}_B{suffix}"] = b.to("cpu", out_dtype).clone(memory_format=torch.contiguous_format)
         ranks[module] = a.shape[0]
         if progress:
             print(f"[{i + 1}/{len(modules)}] {module}: rank {ranks[module]}, error {errors[module]:.3g}",

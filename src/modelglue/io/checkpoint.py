@@ -55,7 +55,8 @@ class Checkpoint:
         self.files = self._find_weight_files(allow_pickle)
         self.adapter = LoraAdapter(ref[1]) if ref else None
         if self.adapter is not None:
-            self.adapter.check_model(str(self.model_dir), lambda n: self.shape(n) if n in self else None)
+            self.adapter.check_model(str(self.model_dir), lambda n: self.shape(n) if n in self else None,
+                                     tied=bool(self.config.get("tie_word_embeddings")))
             self._merged = _RecentTensors()
 
     def _find_weight_files(self, allow_pickle: bool) -> list[Path]:

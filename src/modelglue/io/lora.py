@@ -167,10 +167,18 @@ class LoraAdapter:
     def __contains__(self, name: str) -> bool:
         return name in self.updates
 
-    def check_model(self, model: str, shape_of: Callable[[str], tuple[int, ...] | None]) -> None:
-        """Every tensor the adapter changes exists in the model with the adapter's shape."""
-        for name, updates in self.updates.items():
+    def check_model(self, model: str, shape_of: Callable[[str], tuple[int, ...] | None], tied: bool = False) -> None:
+        """Every tensor the adapter changes exists in the model with the adapter's shape.
+
+        An lm_head saved for a model that ties it to its embeddings (mergekit-extract-lora
+        saves one) is dropped: transformers drops it too when it saves the merged model."""
+        for name, updates in list(self.updates.items()):
             have = shape_of(name)
+            if have is None and tied and name.rsplit(".", 2)[-2] == "lm_head":
+                del self.updates[name]
+                print(f"warning: {self.path}: {name} ignored: model {model} ties it to its input embeddings",
+                      file=sys.stderr, flush=True)
+                continue
             if have is None:
                 raise ModelGlueError(f"LoRA adapter {self.path} changes tensor {name!r}, which model {model} does not have")
             for update in updates:
