@@ -129,6 +129,11 @@ def _load_tokenizer(path: Path) -> Any:
     """The model's tokenizer (fast when there is one), or None when it has none."""
     from transformers import AutoTokenizer
 
+    from modelglue.io.lora import split_reference
+
+    lora = split_reference(path)
+    if lora is not None:  # MODEL+ADAPTER: the model's tokenizer (an adapter changes no vocabulary)
+        path = lora[0]
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
         return None
     try:
