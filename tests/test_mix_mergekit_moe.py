@@ -300,3 +300,6 @@ def test_cli_runs_a_config_and_keeps_the_flags(zoo, tmp_path):
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(main, ["mix", str(e1), str(tmp_path / "o3")])
     assert res.exit_code != 0 and "CONFIG.yml OUT" in res.output
+    res = CliRunner().invoke(main, ["mix", str(cfg), str(tmp_path / "o4"), "--top-k", "1"])
+    assert res.exit_code != 0 and "--top-k goes with --level" in res.output  # never silently ignored
+    assert not (tmp_path / "o4").exists()

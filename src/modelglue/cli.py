@@ -408,6 +408,7 @@ def mix_cmd(level: str | None, experts_flag: bool, expert_dirs: tuple[Path, ...]
     from modelglue.mixture import mix
 
     if level is None:
+        _refuse_level_flags(click.get_current_context())
         return _mix_moe_config(expert_dirs, out_dir, seed, _parse_size(shard_size), overwrite, strict, allow_all_same)
     if out_dir is None:
         raise ModelGlueError("give the output directory: --out DIR")
@@ -423,6 +424,17 @@ def mix_cmd(level: str | None, experts_flag: bool, expert_dirs: tuple[Path, ...]
                f"into {out_dir} in {time.perf_counter() - start:.1f}s")
     click.echo(f"routing accuracy on {rep.n_test} held-out prompts: {acc}"
                + (f" (train {rep.routing_accuracy_train:.3f})" if rep.routing_accuracy_train is not None else ""))
+
+
+def _refuse_level_flags(ctx: click.Context) -> None:
+    """A mergekit-moe config sets its own routing: flags of the --level interface would be ignored."""
+    level_only = ("experts_flag", "router", "router_data", "top_k", "base", "num_dense_layers", "pooling",
+                  "router_layer", "router_encoder")
+    opts = {p.name: p.opts[0] for p in ctx.command.params}
+    for name in level_only:
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            raise ModelGlueError(f"{opts[name]} goes with --level; a mergekit-moe config sets its own "
+                                 "(gate_mode, experts_per_token, base_model: see docs/mixtures.md)")
 
 
 def _mix_moe_config(args: tuple[Path, ...], out_dir: Path | None, seed: int, shard_size: int, overwrite: bool,
