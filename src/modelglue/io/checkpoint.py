@@ -41,6 +41,8 @@ class Checkpoint:
     reference, `model_dir` is MODEL.
     """
 
+    adapter: LoraAdapter | None = None  # the LoRA of a MODEL+ADAPTER reference
+
     def __init__(self, path: str | Path, *, allow_pickle: bool = False):
         self.path = Path(path)
         ref = split_reference(self.path)
