@@ -413,3 +413,20 @@ def test_extract_matches_mergekit(name, tmp_path):
     theirs, mine = (Checkpoint(f"{GOLDEN / entry['base']}+{d}") for d in (EXTRACTED / name, tmp_path / "ad"))
     for tensor in mine.names():
         assert torch.allclose(theirs.get(tensor), mine.get(tensor), atol=1e-6), tensor
+
+
+def test_search_takes_a_lora_member(tmp_path):
+    """`modelglue search --models BASE+ADAPTER ...`: the member is merged as the model it reads as."""
+    from modelglue.search.testing import random_family
+
+    base, ft0, _ = random_family(tmp_path / "fam", 2)
+    adapter = write_adapter(tmp_path / "ad", lora_pairs(weights(base), ("q_proj", "down_proj"), 2, seed=6),
+                            r=2, lora_alpha=4)
+    member = f"{base}+{adapter}"
+    res = CliRunner().invoke(main, ["search", "--models", member, str(ft0), "--tasks", "add", "--strategy",
+                                    "heuristic-average", "--limit", "4", "--out", str(tmp_path / "s"), "-q"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert f"single:{Path(member).name}" in data["baselines"]
+    best = data["best"]["recipe"]
+    assert any("+" in m["model"] for m in best.get("models", [])), best
