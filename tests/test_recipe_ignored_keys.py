@@ -167,3 +167,46 @@ def test_strict_and_lenient_agree(top, per_model, model_params, shared):
             assert len(rec.warnings) >= 1 and len(_warnings(err.getvalue())) == len(rec.warnings)
     else:
         assert lenient is None and strict.warnings == [] and rec.warnings == []
+
+
+def test_values_are_read_as_mergekit_reads_them(tmp_path):
+    """mergekit's pydantic (lax mode) reads '0.6' and 5e-1 as numbers, 1 and 'yes' as true:
+    the same recipe with plain values merges to the same tensors."""
+    text = (f"merge_method: ties\nbase_model: {M['ct_base']}\nmodels:\n"
+            f"  - model: {M['ct_ft']}\n    parameters: {{weight: '0.6', density: 5e-1}}\n"
+            f"  - model: {M['ct_a']}\n    parameters: {{weight: 4E-1, density: [\"0.5\", 1]}}\n"
+            "parameters: {normalize: 1, int8_mask: 'yes'}\n")
+    plain = _ties(parameters={"normalize": True, "int8_mask": True})
+    plain["models"][0]["parameters"] = {"weight": 0.6, "density": 0.5}
+    plain["models"][1]["parameters"] = {"weight": 0.4, "density": [0.5, 1.0]}
+    rec = load_recipe(text, strict=True)
+    assert rec.warnings == [] and rec.parameters == {"normalize": True, "int8_mask": True}
+    a, b = merge(text, tmp_path / "a"), merge(plain, tmp_path / "b")
+    ta, tb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert all(torch.equal(ta[k], tb[k]) for k in tb)
+    with pytest.raises(ModelGlueError, match="'normalize' must be true or false"):
+        load_recipe(_ties(parameters={"normalize": 2}))
+
+
+def test_a_revision_on_a_local_directory_is_ignored_with_a_warning(tmp_path):
+    rec = load_recipe({**_ties(), "base_model": M["ct_base"] + "@main"})
+    assert rec.base_model == Path(M["ct_base"]) and len(rec.warnings) == 1
+    assert "base_model: revision 'main' of local directory" in rec.warnings[0]
+    with pytest.raises(ModelGlueError, match="--strict refuses it"):
+        load_recipe({**_ties(), "base_model": M["ct_base"] + "@main"}, strict=True)
+    with pytest.raises(ModelGlueError, match="not found"):
+        load_recipe({**_ties(), "base_model": M["ct_base"] + "-nope@main"})
+
+
+def test_a_model_reference_mapping_keeps_its_lora_and_refuses_override_architecture():
+    """mergekit's ModelReference as a mapping: {model: {path, revision}, lora: ...}; its
+    `override_architecture` is honoured by mergekit and refused here, never dropped."""
+    ref = {"model": {"path": M["ct_ft"], "revision": "v1"}, "colour": 1}
+    rec = load_recipe({"merge_method": "linear", "models": [{"model": ref, "parameters": {"weight": 1.0}}]})
+    assert rec.slices[0].sources[0].model == Path(M["ct_ft"])
+    assert [w.split(": ", 2)[2] for w in rec.warnings] == [
+        "unknown key 'colour' (did you mean 'lora'?): ignored, as mergekit does",
+        f"revision 'v1' of local directory '{M['ct_ft']}': ignored, as mergekit does"]
+    with pytest.raises(ModelGlueError, match="override_architecture is not supported"):
+        load_recipe({"merge_method": "linear", "models": [{"model": {"model": M["ct_ft"], "override_architecture": "X"},
+                                                          "parameters": {"weight": 1.0}}]})

@@ -176,17 +176,51 @@ def _check_top_level(raw: dict, where: str, ignored: _Ignored) -> Any:
     return method
 
 
-def _model_path(value: Any, key: str, where: str, base_dir: Path | None) -> Path:
-    if isinstance(value, dict) and "model" in value:  # mergekit also accepts {model: ...}
-        value = value["model"]
+def _model_path(value: Any, key: str, where: str, base_dir: Path | None, ignored: _Ignored | None = None) -> Path:
+    if isinstance(value, dict) and "model" in value:  # mergekit also accepts {model: ..., lora: ...}
+        value = _reference_text(value, key, where, ignored)
     if not isinstance(value, str) or not value.strip():
         raise ModelGlueError(f"{where}: {key} must be a model directory path, got {value!r}")
     p = _local_path(value, base_dir)
+    if not p.exists() and "@" in value and ignored is not None:
+        value = _without_revisions(value, key, base_dir, ignored)
+        p = _local_path(value, base_dir)
     if not p.exists() and "+" in value:
         return _lora_reference(value, key, where, base_dir)
     if not p.exists():
         raise ModelGlueError(f"{where}: {key}: model directory {value!r} not found{_hub_hint(value)}")
     return p
+
+
+def _reference_text(ref: dict, key: str, where: str, ignored: _Ignored | None) -> Any:
+    """mergekit's ModelReference as a mapping ({model, lora}, each a path or {path,
+    revision}) as the 'MODEL@REV+LORA@REV' text it stands for."""
+    if ref.get("override_architecture") is not None:
+        raise ModelGlueError(f"{where}: {key}.override_architecture is not supported (each model keeps its architecture)")
+    for extra in sorted(set(map(str, ref)) - {"model", "lora", "override_architecture"}):
+        if ignored is not None:
+            ignored.add(f"{key}: unknown key {extra!r}", extra, ("model", "lora"))
+
+    def text(v: Any) -> Any:
+        if isinstance(v, dict) and isinstance(v.get("path"), str):
+            return v["path"] + (f"@{v['revision']}" if v.get("revision") else "")
+        return v
+
+    model, lora = text(ref["model"]), text(ref.get("lora"))
+    return f"{model}+{lora}" if isinstance(model, str) and isinstance(lora, str) else model
+
+
+def _without_revisions(value: str, key: str, base_dir: Path | None, ignored: _Ignored) -> str:
+    """`DIR@REVISION` (each side of a '+'): mergekit reads a local DIR and ignores the
+    revision (so does transformers for a directory); a warning says so."""
+    parts = []
+    for part in value.split("+"):
+        path, _, revision = part.partition("@")
+        if revision and "@" not in revision and _local_path(path, base_dir).exists():
+            ignored.add(f"{key}: revision {revision!r} of local directory {path!r}")
+            part = path
+        parts.append(part)
+    return "+".join(parts)
 
 
 def _local_path(value: str, base_dir: Path | None) -> Path:
@@ -225,11 +259,38 @@ def _params(value: Any, key: str, where: str, method: Any, ignored: _Ignored, pe
         return {}
     if not isinstance(value, dict):
         raise ModelGlueError(f"{where}: {key} must be a mapping of parameter names to values")
+    out = dict(value)
     for name, setting in value.items():
         _check_setting_shape(setting, f"{where}: {key}.{name}", f"{key}.{name}", ignored)
         if _param_is_read(method, str(name), f"{key}.{name}", per_model, ignored):
-            _check_setting_values(method.param(str(name)), setting, f"{where}: {key}.{name}")
-    return dict(value)
+            out[name] = _as_mergekit_reads(method.param(str(name)), setting)
+            _check_setting_values(method.param(str(name)), out[name], f"{where}: {key}.{name}")
+    return out
+
+
+_TRUE, _FALSE = {"1", "on", "t", "true", "y", "yes"}, {"0", "off", "f", "false", "n", "no"}
+
+
+def _as_mergekit_reads(param: Any, setting: Any) -> Any:
+    """A setting's values converted as mergekit's pydantic validation (lax mode) converts
+    them: '1e-9' and '0.5' are numbers, 1 / 'yes' / 'on' are true, True is 1.0; through
+    gradients and conditions. Anything else is left for the parameter's check to refuse."""
+    if isinstance(setting, list):
+        return [_as_mergekit_reads(param, e) for e in setting]
+    if isinstance(setting, dict):
+        return {**setting, "value": _as_mergekit_reads(param, setting.get("value"))}
+    if param.type is bool:
+        if isinstance(setting, (int, float)) and not isinstance(setting, bool) and setting in (0, 1):
+            return bool(setting)
+        if isinstance(setting, str) and setting.strip().lower() in _TRUE | _FALSE:
+            return setting.strip().lower() in _TRUE
+        return setting
+    if param.type in (int, float) and isinstance(setting, (str, bool)):
+        try:
+            return float(setting.strip()) if isinstance(setting, str) else float(setting)
+        except ValueError:
+            return setting
+    return setting
 
 
 def _models_slice(models: Any, base: Path | None, where: str, path: Callable[..., Path],
@@ -333,7 +394,7 @@ def _validate(raw: dict, where: str, base_dir: Path | None, ignored: _Ignored) -
     """The whole recipe checked, model paths resolved, parameters typed and ranged, before
     any model file is read; each problem is one line naming its key."""
     method = _check_top_level(raw, where, ignored)
-    path = partial(_model_path, where=where, base_dir=base_dir)
+    path = partial(_model_path, where=where, base_dir=base_dir, ignored=ignored)
     params = partial(_params, where=where, method=method, ignored=ignored)
     base = path(raw["base_model"], "base_model") if raw.get("base_model") is not None else None
     if raw.get("models") is not None:
