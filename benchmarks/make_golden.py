@@ -37,6 +37,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from golden_chat_templates import make_chat_template_goldens
 from golden_lora import build_lora_adapters, lora_recipes
 from golden_tokenizers import build_tokenizer_models, tokenizer_recipes
 
@@ -749,6 +750,8 @@ def main(argv=None) -> int:
         import make_golden_moe
 
         make_golden_moe.main(["--out", str(root / "moe"), "--mergekit-venv", str(args.mergekit_venv)])
+    if not only:  # chat templates and ignored keys: own models, outputs and manifest in chat_templates/
+        make_chat_template_goldens(root / "chat_templates", args.mergekit_venv)
     total = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
     print(f"golden tree: {total / 1e6:.2f} MB in {root}")
     return 0
