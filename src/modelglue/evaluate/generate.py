@@ -51,54 +51,84 @@ def encode_batch(tokenizer, prompts: list[str], device="cpu", side: str = "left"
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
+class _Forward:
+    """How to call a model for one decoding step: which of the cache, position and
+    logits_to_keep arguments its forward takes (looked up once per generate call)."""
+
+    def __init__(self, model: torch.nn.Module):
+        params = _forward_params(model)
+        # transformers 5 names the cache argument `cache`; 4.x (and some custom models) `past_key_values`.
+        self.cache_arg = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
+        self.pass_pos = "position_ids" in params
+        # Only the last position's logits are used: the prompt's other positions need no
+        # projection onto the vocabulary (transformers' generate skips it the same way).
+        self.keep_last = "logits_to_keep" in params
+        self.model = model
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, past, use_cache: bool):
+        kwargs = {"attention_mask": mask}
+        if self.pass_pos:
+            kwargs["position_ids"] = pos
+        if use_cache:
+            kwargs.update({self.cache_arg: past, "use_cache": True})
+        if self.keep_last:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(input_ids=ids, **kwargs)
+        cache = None
+        if use_cache and hasattr(out, "get"):
+            cache = out.get("cache") if "cache" in out else out.get("past_key_values")
+        return _logits(out)[:, -1], cache
+
+
+def _greedy_batch(forward: _Forward, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
+                  stop: torch.Tensor) -> list[list[int]]:
+    """New token ids of each row of one left-padded batch, up to and including its stop
+    token. A finished row leaves the batch (and the KV cache): later steps run only
+    the rows still generating."""
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding shifts positions: count from each row's first token
+    sink = ids.size(0)  # rows[sink] collects what finished rows produce when they cannot leave
+    rows: list[list[int]] = [[] for _ in range(sink + 1)]
+    alive = list(range(sink))  # batch row -> prompt index
+    use_cache = forward.cache_arg is not None
+    past = None
+    step_ids, step_pos, full_ids = ids, pos, ids
+    for step in range(max_new_tokens):
+        logits, cache = forward(step_ids, mask, step_pos, past, use_cache)
+        nxt = logits.argmax(-1)
+        for r, t in zip(alive, nxt.tolist()):
+            rows[r].append(t)
+        finished = torch.isin(nxt, stop)
+        if step == max_new_tokens - 1 or bool(finished.all()):
+            break
+        use_cache = use_cache and cache is not None  # a model that returned no cache: feed whole sequences
+        past = cache
+        if bool(finished.any()) and (not use_cache or hasattr(past, "batch_select_indices")):
+            keep = (~finished).nonzero().squeeze(1)
+            alive = [alive[i] for i in keep.tolist()]
+            nxt, mask, pos, full_ids = nxt[keep], mask[keep], pos[keep], full_ids[keep]
+            if use_cache:
+                past.batch_select_indices(keep)
+        elif bool(finished.any()):  # a cache that cannot drop rows: stop recording finished ones
+            alive = [sink if f else r for r, f in zip(alive, finished.tolist())]
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        pos = torch.cat([pos, pos[:, -1:] + 1], dim=1)
+        full_ids = torch.cat([full_ids, nxt[:, None]], dim=1)
+        step_ids, step_pos = (nxt[:, None], pos[:, -1:]) if use_cache else (full_ids, pos)
+    return rows[:sink]
+
+
 @torch.no_grad()
 def greedy_generate(model: torch.nn.Module, tokenizer, prompts: list[str], max_new_tokens: int,
                     batch_size: int = 256) -> list[str]:
     """Greedy continuations of `prompts`, each cut at its first newline (or EOS)."""
-    params = _forward_params(model)
-    # transformers 5 names the cache argument `cache`; 4.x (and some custom models) `past_key_values`.
-    cache_arg = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
-    use_cache = cache_arg is not None
-    pass_pos = "position_ids" in params
-    stop = torch.tensor(sorted(_stop_ids(tokenizer)))
+    forward = _Forward(model)
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    stop = torch.tensor(sorted(_stop_ids(tokenizer)), device=device)
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
         ids, mask = encode_batch(tokenizer, prompts[start:start + batch_size], device)
-        # Left padding shifts the positions; count them from each row's first real token.
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        done = torch.zeros(ids.size(0), dtype=torch.bool, device=device)
-        new_tokens: list[torch.Tensor] = []
-        past = None
-        step_ids, step_pos = full_ids, full_pos = ids, pos
-        for _ in range(max_new_tokens):
-            kwargs = {"attention_mask": mask}
-            if pass_pos:
-                kwargs["position_ids"] = step_pos
-            if use_cache:
-                kwargs.update({cache_arg: past, "use_cache": True})
-            out = model(input_ids=step_ids, **kwargs)
-            nxt = _logits(out)[:, -1].argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-            new_tokens.append(nxt)
-            done |= torch.isin(nxt, stop.to(device))
-            if bool(done.all()):
-                break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            full_ids = torch.cat([full_ids, nxt[:, None]], dim=1)
-            full_pos = torch.cat([full_pos, full_pos[:, -1:] + 1], dim=1)
-            if use_cache:
-                past = (out.get("cache") if "cache" in out else out.get("past_key_values")) if hasattr(out, "get") else None
-                use_cache = past is not None  # a model that returned no cache: feed whole sequences
-            if use_cache:
-                step_ids, step_pos = nxt[:, None], full_pos[:, -1:]
-            else:
-                step_ids, step_pos = full_ids, full_pos
-        gen = torch.stack(new_tokens, dim=1).tolist() if new_tokens else [[] for _ in range(ids.size(0))]
-        for row in gen:
-            text = tokenizer.decode(row, skip_special_tokens=True)
-            outputs.append(text.split("\n", 1)[0])
+        rows = _greedy_batch(forward, ids, mask, max_new_tokens, stop) if max_new_tokens > 0 else [[] for _ in ids]
+        outputs += [tokenizer.decode(row, skip_special_tokens=True).split("\n", 1)[0] for row in rows]
     return outputs
 
 
