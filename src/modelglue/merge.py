@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterator
+from weakref import WeakKeyDictionary
 
 import torch
 
@@ -80,11 +81,34 @@ def _check_device(device: str) -> str:
 # ----------------------------------------------------------------------------- in memory
 
 
+IN_MEMORY_CHUNK = 1 << 17  # entries: a 512 KB float32 chunk of the output stays in the L2 cache
+# through all the passes of a method's arithmetic, so each input is read from memory once
+# and the target written once (whole tensors stream every pass through DRAM)
+
+
+class _ResidentParts:
+    """Flat parts of resident tensors, as prepare_state reads them: fresh copies (prepare
+    may work in place on what it reads) or, for map_part, views that are only read."""
+
+    def __init__(self, source: ResidentSource):
+        self.source = source
+
+    def get_part(self, model_index: int, name: str, start: int, stop: int) -> torch.Tensor:
+        return self.source.get(model_index, name).reshape(-1)[start:stop].clone()
+
+    def map_part(self, model_index: int, name: str, start: int, stop: int) -> torch.Tensor:
+        return self.source.get(model_index, name).reshape(-1)[start:stop]
+
+
 class InMemoryMerger:
     """Merges into memory, keeping the inputs loaded: the search calls this in a loop.
 
     The first call reads each input tensor once; later calls with new coefficients only
     recompute. Results go into a state dict or straight into a live torch.nn.Module.
+    merge_into recomputes only the tensors whose inputs or parameters changed since it
+    last wrote them into that module (and that nothing else has written to since), and
+    computes elementwise methods chunk by chunk straight into the module's parameters:
+    the same chunked arithmetic as the disk merge, so the same bits.
     """
 
     def __init__(self, *, device: str = "cpu", allow_pickle: bool = False):
@@ -92,6 +116,8 @@ class InMemoryMerger:
         self.allow_pickle = allow_pickle
         self._checkpoints: dict[Path, Checkpoint] = {}
         self._resident: dict[tuple[Path, str], torch.Tensor] = {}
+        # per module: tensor name -> (what it was merged from, the tensor's storage and version then)
+        self._written: WeakKeyDictionary[torch.nn.Module, dict[str, tuple]] = WeakKeyDictionary()
 
     def plan(self, recipe: str | Path | dict | Recipe, seed: int | None = None) -> Plan:
         rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
@@ -113,7 +139,9 @@ class InMemoryMerger:
 
     def merge_into(self, module: torch.nn.Module, recipe: str | Path | dict | Recipe, seed: int | None = None) -> torch.nn.Module:
         """Write the merged weights into `module` in place (no disk, no new allocations for
-        the parameters); every tensor of the plan must exist in the module with its shape."""
+        the parameters); every tensor of the plan must exist in the module with its shape.
+        A tensor whose merge is unchanged since this merger last wrote it there, and which
+        has not been modified since (torch's version counter), is left as it is."""
         plan = self.plan(recipe, seed)
         target = module.state_dict(keep_vars=True)
         for task in plan.tasks:
@@ -121,16 +149,54 @@ class InMemoryMerger:
                 raise ModelGlueError(f"merged tensor {task.name!r} has no counterpart in the target model")
             if tuple(target[task.name].shape) != task.shape:
                 raise ModelGlueError(f"merged tensor {task.name!r} is {list(task.shape)}, the target's is {list(target[task.name].shape)}")
-
-        def sink(task: TensorTask, tensor: torch.Tensor) -> None:
-            with torch.no_grad():
-                target[task.name].copy_(tensor)
-
-        execute(plan, self._source(plan), sink, device=self.device, prefetch=0)
+        if self.device == "cpu":
+            keep_freed_memory()  # chunk temporaries come back from the heap, not fresh pages
+        written = self._written.setdefault(module, {})
+        source = self._source(plan)
+        with torch.no_grad():
+            for task in plan.tasks:
+                dest = target[task.name]
+                key = self._task_key(plan, source, task)
+                if task.prepare_inputs is None and written.get(task.name) == (key, dest.data_ptr(), dest._version):
+                    continue
+                written.pop(task.name, None)
+                self._merge_task(plan, source, task, dest)
+                written[task.name] = (key, dest.data_ptr(), dest._version)
         return module
+
+    def _merge_task(self, plan: Plan, source: ResidentSource, task: TensorTask, dest: torch.Tensor) -> None:
+        """Compute one tensor into `dest`: elementwise methods in cache-sized flat chunks
+        (after the method's look at the whole tensors, if it has one), others whole."""
+        n = dest.numel()
+        if task.prepare_inputs is not None:  # vocabulary rows aligned first (engine/vocab.py): whole tensors
+            inputs = task.prepare_inputs([source.get(m, name) for m, name in task.inputs])
+            dest.copy_(compute_tensor(plan, task, inputs, self.device))
+            return
+        if task.copy_only or not plan.method.elementwise or n <= IN_MEMORY_CHUNK or not dest.is_contiguous():
+            dest.copy_(compute_tensor(plan, task, [source.get(m, name) for m, name in task.inputs], self.device))
+            return
+        state = prepare_state(plan, task, _ResidentParts(source), self.device)[0] if plan.method.prepare else None
+        flat_inputs = [source.get(m, name).reshape(-1) for m, name in task.inputs]
+        flat_dest = dest.view(-1)
+        for start in range(0, n, IN_MEMORY_CHUNK):
+            stop = min(n, start + IN_MEMORY_CHUNK)
+            part = compute_tensor(plan, task, [t[start:stop] for t in flat_inputs], self.device, state=state,
+                                  start=start)
+            flat_dest[start:stop].copy_(part)
+
+    def _task_key(self, plan: Plan, source: ResidentSource, task: TensorTask) -> tuple:
+        """Everything one output tensor's values depend on."""
+        def frozen(params: dict) -> tuple:
+            return tuple(sorted(params.items()))
+
+        seed = plan.seed if plan.method.randomized else None
+        return (plan.method.name, plan.recipe.dtype, tuple((source.paths[m], name) for m, name in task.inputs),
+                task.base_index, frozen(task.shared), tuple(frozen(p) for p in task.per_input), seed, task.dtype,
+                task.copy_only)
 
     def clear(self) -> None:
         self._resident.clear()
+        self._written.clear()
 
 
 __all__ = ["CHUNK_ELEMS", "DiskSource", "Executor", "InMemoryMerger", "Plan", "ResidentSource", "TensorTask",
