@@ -58,6 +58,12 @@ MODELS = {
     "qft2": ("qwen2", 12, "qbase", 0.2, None),
     "q3base": ("qwen3", 20, None, 0.0, None),
     "q3ft1": ("qwen3", 21, "q3base", 0.2, None),
+    "mbase": ("mistral", 30, None, 0.0, None),
+    "mft1": ("mistral", 31, "mbase", 0.2, None),
+    "gbase": ("gemma2", 40, None, 0.0, None),
+    "gft1": ("gemma2", 41, "gbase", 0.2, None),
+    "pbase": ("phi3", 50, None, 0.0, None),
+    "pft1": ("phi3", 51, "pbase", 0.2, None),
 }
 ADDED_TOKENS = ["<|im_start|>", "<|im_end|>"]
 
@@ -82,7 +88,9 @@ def build_model(root: Path, name: str) -> None:
 
     arch, seed, parent, noise, template = MODELS[name]
     out = root / "models" / name
-    extra = {"qwen2": dict(tie_word_embeddings=True), "qwen3": dict(tie_word_embeddings=True, head_dim=4)}.get(arch, {})
+    extra = {"qwen2": dict(tie_word_embeddings=True), "qwen3": dict(tie_word_embeddings=True, head_dim=4),
+             "gemma2": dict(tie_word_embeddings=True, head_dim=4, query_pre_attn_scalar=4, sliding_window=16),
+             "phi3": dict(pad_token_id=0)}.get(arch, {})
     config = AutoConfig.for_model(arch, **{**LLAMA, **extra})
     torch.manual_seed(seed if parent is None else MODELS[parent][1])
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

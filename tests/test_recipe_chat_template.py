@@ -87,3 +87,5 @@ def test_invalid_inline_jinja_is_written_with_a_warning(tmp_path, capsys):
     assert (out / "chat_template.jinja").read_text() == bad
     warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 1 and "not valid Jinja" in warnings[0] and "line 1" in warnings[0]
+    with pytest.raises(ModelGlueError, match="not valid Jinja.*--strict refuses it"):
+        merge(rec, tmp_path / "strict", strict=True)

@@ -424,6 +424,8 @@ def _chat_template(value: Any, where: str, ignored: _Ignored) -> str | None:
         ignored.add("empty key 'chat_template'")
     template = resolve_template(value, where)
     problem = jinja_problem(template) if template not in (None, AUTO) else None
+    if problem and ignored.strict:
+        raise ModelGlueError(f"{where}: chat_template is not valid Jinja ({problem}); --strict refuses it")
     if problem:  # mergekit writes it all the same; apply_chat_template will fail on it
         ignored.lines.append(f"{where}: chat_template is not valid Jinja ({problem}); written as given, as mergekit does")
     return template
