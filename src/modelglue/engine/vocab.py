@@ -103,6 +103,8 @@ def plan_vocab(spec: TokenizerSpec, models: list[Path], configs: list[dict], bas
             toks[i] = tok
         elif i != ref:
             print(f"warning: {m}: no tokenizer; assuming the vocabulary of {models[ref]}", file=sys.stderr)
+    own = {i: t.get_vocab() for i, t in toks.items()}  # (get_vocab rebuilds the dict each call: once each)
+    vocabs = {i: own.get(i, own[ref]) for i in range(len(models))}
     if isinstance(spec.source, Path):
         out = _load_tokenizer(spec.source)
         if out is None:
@@ -110,17 +112,16 @@ def plan_vocab(spec: TokenizerSpec, models: list[Path], configs: list[dict], bas
     elif spec.source == "base":
         out = base_tok
     else:
-        out = _union(base_tok, [(toks[i], sizes[i]) for i in sorted(toks, key=lambda i: i != ref)])
-    for token in spec.tokens:
-        if token not in out.get_vocab():
-            out.add_tokens(token)
+        out = _union(base_tok, own[ref], [(toks[i], own[i], sizes[i]) for i in sorted(toks, key=lambda i: i != ref)])
+    if spec.tokens:
+        existing = out.get_vocab()
+        out.add_tokens([token for token in spec.tokens if token not in existing])
     vocab = out.get_vocab()
     if vocab and max(vocab.values()) >= len(vocab):
         raise ModelGlueError("the output tokenizer's ids are not contiguous (its ids run past its size)")
     rows = len(vocab)
     if spec.pad_to_multiple_of and rows % spec.pad_to_multiple_of:
         rows += spec.pad_to_multiple_of - rows % spec.pad_to_multiple_of
-    vocabs = {i: toks.get(i, base_tok).get_vocab() for i in range(len(models))}
     perms = {i: _permutation(vocab, vocabs[i], sizes[i]) for i in range(len(models))}
     return VocabPlan(out, vocab, rows, perms, vocabs, dict(spec.tokens), {m.resolve(): i for i, m in enumerate(models)})
 
@@ -167,16 +168,16 @@ def _stripped(tok: Any, size: int | None, path: Path) -> Any:
     return tok
 
 
-def _union(base_tok: Any, toks: list[tuple[Any, int | None]]) -> Any:
+def _union(base_tok: Any, base_vocab: dict[str, int], toks: list[tuple[Any, dict[str, int], int | None]]) -> Any:
     """The base tokenizer (a copy) plus every other token below its model's vocab_size."""
     from transformers import AutoTokenizer
 
     regular: dict[str, None] = {}
     added: dict[str, Any] = {}
-    for tok, size in toks:
+    for tok, vocab, size in toks:
         size = size or tok.vocab_size
         special = tok.added_tokens_decoder
-        for token, i in sorted(tok.get_vocab().items(), key=lambda kv: kv[1]):
+        for token, i in sorted(vocab.items(), key=lambda kv: kv[1]):
             if i < size and i not in special:
                 regular.setdefault(token)
         for i, info in sorted(special.items()):
@@ -185,23 +186,20 @@ def _union(base_tok: Any, toks: list[tuple[Any, int | None]]) -> Any:
     with tempfile.TemporaryDirectory() as tmp:  # a copy: the base's tokenizer stays as it is
         base_tok.save_pretrained(tmp)
         out = AutoTokenizer.from_pretrained(tmp, use_fast=True, local_files_only=True)
-    base_vocab = base_tok.get_vocab()
-    for token in regular:
-        if token not in added and token not in base_vocab:
-            out.add_tokens(token)
-    for info in added.values():
-        out.add_tokens(info)
+    # one call each: transformers hands the list to the Rust tokenizer, which adds in order
+    out.add_tokens([token for token in regular if token not in added and token not in base_vocab])
+    out.add_tokens(list(added.values()))
     return out
 
 
 def _permutation(vocab: dict[str, int], own: dict[str, int], size: int | None) -> torch.Tensor:
     size = size or len(own)
-    perm = torch.full((len(vocab),), -1, dtype=torch.long)
+    perm = [-1] * len(vocab)
     for token, new in vocab.items():
-        old = own.get(token)
-        if old is not None and old < size:
+        old = own.get(token, -1)
+        if old < size:
             perm[new] = old
-    return perm
+    return torch.tensor(perm, dtype=torch.long)
 
 
 def _assign(vp: VocabPlan, models: tuple[int, ...], base: int | None, rows_in: list[int]) -> _Assignment:
