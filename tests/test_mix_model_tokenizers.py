@@ -251,10 +251,20 @@ def test_glue_mixes_clusters_with_different_tokenizers(experts, tmp_path, monkey
     singles = {e["name"]: e for e in results["entries"] if e["kind"] == "single"}
     assert singles["char"]["test"]["digits"] == 1.0 and singles["bpe"]["test"]["letters"] == 1.0
     final = next(e for e in results["entries"] if e["kind"] == "model-glue")
-    assert json.loads((tmp_path / "out" / "final" / "mixture_report.json").read_text())["experts"] == ["char", "bpe"]
+    # char and char_added merge after aligning their vocabularies: glue tries the union merge
+    [aligned] = results["aligned_merges"]
+    assert aligned["groups"] == [0, 2] and aligned["best_member"] in ("cluster0", "cluster2")
+    assert (Path(aligned["path"]) / "tokenizer.json").is_file() and aligned["path"].endswith("aligned/family0")
+    union_tok = json.loads((Path(aligned["path"]) / "tokenizer.json").read_text())
+    assert {t["content"] for t in union_tok["added_tokens"]} >= {"<PRE>", "<SUF>"}
+    best_val = max(e["validation_mean"] for e in results["entries"] if e["name"] in ("char", "char_added"))
+    assert aligned["kept"] == (aligned["validation_mean"] >= best_val)
+    mixed = [aligned["path"] if aligned["kept"] else experts[0], experts[2]]
+    report = json.loads((tmp_path / "out" / "final" / "mixture_report.json").read_text())
+    assert report["experts"] == ["family0" if aligned["kept"] else "char", "bpe"]
     # the final mixture scores each test row as the expert it routes the row to, alone
     mixture = load_text_lm(tmp_path / "out" / "final")
-    alone = [HFTextLM(*load_model(e)) for e in (experts[0], experts[2])]
+    alone = [HFTextLM(*load_model(e)) for e in mixed]
     for t, path in enumerate(tasks):
         rows = [json.loads(x) for x in Path(path).read_text().splitlines() if '"test"' in x]
         route = mixture.route([r["prompt"] for r in rows])
@@ -270,6 +280,6 @@ def test_glue_mixes_clusters_with_different_tokenizers(experts, tmp_path, monkey
     assert [sorted(Path(p).name for p in f["models"]) for f in levels["after_alignment"]] == [["char", "char_added"]]
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## How the clusters can be joined" in md
-    assert "merge after aligning vocabularies" in md and "kept apart" in md
+    assert "merge after aligning vocabularies" in md and "aligned family 0: union-tokenizer merge of cluster" in md
     assert "each expert reads its own tokenizer" in final["note"]
     assert "mix only" in md and "How the clusters can be joined" in (tmp_path / "out" / "report.html").read_text()

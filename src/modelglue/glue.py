@@ -5,6 +5,8 @@
     merge    -> per cluster: search strategies (and, with method auto, merge methods)
                 within the budget, keep the best on the validation mean (never below
                 the cluster's best member), write the merged model      (modelglue.search, merge)
+    align    -> clusters whose vocabularies differ only by added tokens or padding rows:
+                one union-tokenizer merge, kept when it scores as well as the best of them
     mix      -> a model-level mixture of the cluster models that win at least one
                 task, with the router that scores best on validation    (modelglue.mixture)
     ablate   -> each cluster merge vs its best member, and the same mixture built from
@@ -188,17 +190,22 @@ def run_glue(cfg: GlueConfig, *, quiet: bool = False) -> dict:
     merged = _ClusterMerges()  # 3. per cluster: the best merge found within the budget
     for k, (members, base) in enumerate(zip(clusters, bases)):
         merged.add(k, members, base, by_path, cfg, out, score, log)
+    # 3b. clusters that merge after aligning their vocabularies: a union-tokenizer merge
+    aligned, mix_inputs = _aligned_merges(analysis, merged.entries, cfg, out, score, log)
     # 4. the mixture of cluster models, with the best router on validation
-    final = _mix_clusters(merged.entries, cfg, out, score, log)
+    final = _mix_clusters(mix_inputs, cfg, out, score, log)
     _link_final(Path(final.path), out / "final")
     # 5. ablations: what merging added on top of routing
     best_members = [_best_member(c, by_path) for c in clusters]
-    ablation = _ablation(clusters, merged.entries, best_members, merged.chosen, final, cfg, out, score, log)
+    ablation = _ablation(clusters, merged.entries, best_members, merged.chosen, final, cfg, out, score, log,
+                         merged_any=any(a["kept"] for a in aligned))
     pareto = _pareto(clusters, bases, cfg, out, log) if cfg.pareto else None
     extra = _group_baselines(analysis, cfg, out, score, log) if cfg.baselines else []  # 6. baselines
-    entries = singles + merged.uniform + extra + [e for e in merged.entries if e.note != "single member"] + [final]
+    entries = singles + merged.uniform + extra + [e for e in merged.entries if e.note != "single member"] + \
+        [a["entry"] for a in aligned if a["entry"] is not None] + [final]
     results = _results(cfg, analysis, singles, entries, final, log)
-    results.update(searches=merged.searches, ablation=ablation, pareto=pareto)
+    results.update(searches=merged.searches, ablation=ablation, pareto=pareto,
+                   aligned_merges=[{k: v for k, v in a.items() if k != "entry"} for a in aligned])
     from modelglue.glue_report import write_report
 
     write_report(results, out)
@@ -221,13 +228,13 @@ def _analyze(cfg: GlueConfig, out: Path, log):
 
 
 def _join_notes(analysis) -> list[str]:
-    """What glue does with groups that cannot merge directly: it mixes them. Groups that
-    merge after aligning their vocabularies are mixed too (said so: a union-tokenizer
-    merge of them is left to `modelglue merge` with `tokenizer_source: union`)."""
+    """How groups that cannot merge directly are joined: after aligning vocabularies (glue
+    tries a union-tokenizer merge of their cluster models, see `_aligned_merges`), or
+    only by the mixture."""
     notes = []
     for fam in analysis.merge_levels()["after_alignment"]:
         notes.append(f"groups {' + '.join(map(str, fam['groups']))} merge after aligning vocabularies "
-                     f"({'; '.join(fam['why'])}): kept apart here, joined by the mixture")
+                     f"({'; '.join(fam['why'])})")
     for m in analysis.merge_levels()["mix_only"]:
         notes.append(f"groups {m['groups'][0]} and {m['groups'][1]}: mix only ({m['why']})")
     return notes
@@ -263,6 +270,47 @@ class _ClusterMerges:
                                           note=f"linear, equal weights over {len(members)} models"))
         self.entries.append(_cluster_model(k, members, best, by_path, cfg, out, score, log))
         self.chosen.append(best.best.candidate)
+
+
+def _aligned_merges(analysis, cluster_entries: list[Entry], cfg: GlueConfig, out: Path, score,
+                    log) -> tuple[list[dict], list[Entry]]:
+    """Per alignment family (groups whose vocabularies differ only by added tokens or
+    padding rows): a linear, equal-weight merge of its cluster models with a union
+    tokenizer (`tokenizer_source: union`), in out/aligned/familyF. It replaces them in the
+    mixture when it scores at least as well on validation as the best of them (one expert
+    instead of several); otherwise they stay apart and the mixture joins them. Returns
+    one row per family and the entries to mix."""
+    rows, mix_inputs = [], list(cluster_entries)
+    for f, fam in enumerate(analysis.merge_levels()["after_alignment"]):
+        ks = [c for c, g in enumerate(analysis.cluster_groups) if g in fam["groups"]]
+        members = [cluster_entries[k] for k in ks]
+        best = max(members, key=lambda e: e.validation_mean)
+        recipe = {"merge_method": "linear", "tokenizer_source": "union", "dtype": "float32",
+                  "models": [{"model": p, "parameters": {"weight": 1.0}} for p in dict.fromkeys(e.path for e in members)]}
+        row = {"family": f, "groups": fam["groups"], "clusters": [f"cluster{k}" for k in ks], "kept": False,
+               "path": "", "validation_mean": None, "best_member": best.name, "entry": None}
+        log(f"aligned family {f}: union-tokenizer merge of {', '.join(e.name for e in members)}")
+        try:
+            model_dir = _merge_once(recipe, out / "aligned" / f"family{f}", cfg.seed)
+        except ModelGlueError as exc:
+            log(f"aligned family {f}: union merge failed ({exc}); the clusters stay apart")
+            rows.append({**row, "note": f"union merge failed: {exc}"})
+            continue
+        val = score(model_dir, "validation")
+        row.update(path=str(model_dir), validation_mean=sum(val.values()) / max(1, len(val)))
+        row["kept"] = row["validation_mean"] >= best.validation_mean
+        verdict = "replaces them in the mixture" if row["kept"] else "scores below the best of them: kept apart"
+        row["note"] = (f"union-tokenizer merge of {' + '.join(e.name for e in members)}: validation "
+                       f"{row['validation_mean']:.3f} vs {best.name} {best.validation_mean:.3f}, {verdict}")
+        log(f"aligned family {f}: {row['note']}")
+        if row["kept"]:
+            entry = Entry(f"aligned{f}", "aligned-merge", str(model_dir), val, score(model_dir, "test"), note=row["note"])
+            row["entry"] = entry
+            at = next(i for i, e in enumerate(mix_inputs) if any(e is m for m in members))  # keep the order
+            mix_inputs = [e for e in mix_inputs if all(e is not m for m in members)]
+            mix_inputs.insert(at, entry)
+        rows.append(row)
+    return rows, mix_inputs
 
 
 def _search_row(k: int, strategy: str, result) -> dict:
@@ -403,7 +451,7 @@ def _cluster_model(k: int, members: list[Path], best, by_path: dict[Path, Entry]
 
 
 def _ablation(clusters: list[list[Path]], cluster_entries: list[Entry], best_members: list[Entry], chosen: list,
-              final: Entry, cfg: GlueConfig, out: Path, score, log) -> dict:
+              final: Entry, cfg: GlueConfig, out: Path, score, log, merged_any: bool = False) -> dict:
     """Each cluster's model vs its best member (test), the share of non-zero weights of
     each chosen merge, and the final mixture vs the same mixture of best members."""
     rows, picks = [], iter(chosen)
@@ -417,7 +465,7 @@ def _ablation(clusters: list[list[Path]], cluster_entries: list[Entry], best_mem
                      "merged": merged, "method": cand.method if merged else None,
                      "nonzero_models": nonzero, "nonzero_share": nonzero / len(members),
                      "delta_test": entry.test_mean - member.test_mean})
-    if all(Path(e.path) == Path(m.path) for e, m in zip(cluster_entries, best_members)):
+    if not merged_any and all(Path(e.path) == Path(m.path) for e, m in zip(cluster_entries, best_members)):
         singles_mix = final  # no cluster was merged: the two mixtures are the same model
     else:
         log("ablation: the same mixture of each cluster's best member")

@@ -10,11 +10,12 @@ from modelglue.io.paths import atomic_write
 KIND_LABEL = {
     "single": "single model", "uniform-merge": "uniform merge of a cluster", "merge-all": "merge of the largest group",
     "ffn-moe": "FFN-level MoE", "cluster-merge": "searched merge of a cluster", "model-glue": "Model-GLUE (final)",
+    "aligned-merge": "union-tokenizer merge of aligned clusters",
 }
 
 
 KIND_COLOR = {"single": "#9aa5b1", "uniform-merge": "#f0b429", "merge-all": "#de911d", "ffn-moe": "#8e44ad",
-              "cluster-merge": "#2680c2", "model-glue": "#27ab83"}
+              "cluster-merge": "#2680c2", "model-glue": "#27ab83", "aligned-merge": "#3ebd93"}
 
 
 def results_chart(results: dict, path: Path) -> Path:
@@ -103,7 +104,8 @@ def join_lines(results: dict) -> list[str]:
         return []
     direct = "; ".join(f"group {g}: " + ", ".join(Path(p).name for p in models)
                        for g, models in enumerate(levels["direct"]))
-    return [f"merge directly (one compatibility group each): {direct}", *results.get("join_notes", [])]
+    aligned = [f"aligned family {a['family']}: {a['note']}" for a in results.get("aligned_merges") or []]
+    return [f"merge directly (one compatibility group each): {direct}", *results.get("join_notes", []), *aligned]
 
 
 def _href(path: str, out: Path) -> str | None:
