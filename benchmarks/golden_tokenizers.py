@@ -161,4 +161,8 @@ def tokenizer_recipes() -> dict[str, dict]:
     r["qtok_union"] = {"merge_method": "linear", "base_model": QTB, "models": [
         {"model": QTB, "parameters": {"weight": 0.4}}, {"model": QTA, "parameters": {"weight": 0.6}}],
         "tokenizer_source": "union", **f32}
+    r["tok_union_passthrough"] = {"merge_method": "passthrough", "slices": [  # the embeddings from tok_base alone,
+        {"sources": [{"model": TB, "layer_range": [0, 2]}]},                    # lm_head from tok_perm alone: rows
+        {"sources": [{"model": TP, "layer_range": [1, 2]}]}],                   # neither has are zero
+        "tokenizer_source": "union", **f32}
     return r
