@@ -6,4 +6,6 @@
               a sink), with prefetching, chunked streaming and prepare-ahead threads; the
               sources (disk, resident) and the background writer of merge-to-disk.
 - output.py   config.json, model card and recipe copy of a merged model directory.
+- vocab.py    tokenizer_source / tokenizer: the output vocabulary and, per vocabulary
+              tensor, the prepare step that aligns each input's rows to it (planned by plan.py).
 """
