@@ -9,7 +9,7 @@ AutoConfig / AutoModelForCausalLM when `modelglue` is imported, so that
 works without remote code or pickle: a mixture directory is config.json (holding each
 expert's config), safetensors with prefixed tensor names (`experts.0.model...`,
 `router.weight`), the tokenizer, and for experts that do not share one, each expert's
-tokenizer under tokenizers/<i>/.
+tokenizer under tokenizers/<i>/ (such a mixture is driven through text: `text_lm()`).
 """
 from __future__ import annotations
 
@@ -65,6 +65,8 @@ class ModelMixtureForCausalLM(PreTrainedModel, GenerationMixin):
     are the dtype's minimum). With a cache, the routing of the first call is kept.
     generate: routes each prompt once and calls the chosen expert's own generate on
     its rows, so decoding costs one expert plus one routing pass.
+    text_lm(): the text-level view the evaluator uses (MixtureTextLM); the only way in
+    when the experts read different tokenizers (forward and generate then refuse).
     """
 
     config_class = ModelMixtureConfig
