@@ -15,7 +15,7 @@ from modelglue.io.paths import atomic_write
 from modelglue.evaluate.tasks import Task, load_tasks
 from modelglue.evaluate.textlm import TextLM, text_lm
 
-CACHE_VERSION = 1  # bump when scoring changes, so old cached scores are not reused
+CACHE_VERSION = 2  # 2: mixtures scored through text (choices routed on the prompt). Bump when scoring changes, so old cached scores are not reused
 
 
 def load_model(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype | None = None):
