@@ -519,8 +519,8 @@ def test_elementwise_methods_give_the_same_bits_in_chunks(name, params):
     ("sce", 2, {"select_topk": 1.5}, "select_topk", "out of range"),
     ("nearswap", 1, {"t": -0.1}, "t", "out of range"),
     ("ramplus_tl", 2, {"alpha": "big"}, "alpha", "must be a number"),
-    ("multislerp", 2, {"normalize_weights": 1}, "normalize_weights", "true or false"),
-    ("nuslerp", 2, {"nuslerp_flatten": "yes"}, "nuslerp_flatten", "true or false"),
+    ("multislerp", 2, {"normalize_weights": 2}, "normalize_weights", "true or false"),  # 1 is true, as in mergekit
+    ("nuslerp", 2, {"nuslerp_flatten": "maybe"}, "nuslerp_flatten", "true or false"),  # "yes" is true, as in mergekit
 ])
 def test_new_methods_reject_bad_parameters_when_the_recipe_is_read(tmp_path, method, models, params, key, words):
     from modelglue.recipe import load_recipe
