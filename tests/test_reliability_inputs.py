@@ -162,7 +162,7 @@ def missing_merge_method(w, z):
 
 @case
 def unknown_top_level_key(w, z):  # mergekit ignores it: a warning by default, an error with --strict
-    return linear(z["a"], z["b"]) + "modles: []\n", ["--strict"], ["'modles'", "did you mean", "--strict"]
+    return linear(z["a"], z["b"]) + "modles: []\n", ["--strict"], ["'modles'", "did you mean 'models'", "--strict"]
 
 
 @case

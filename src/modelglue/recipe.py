@@ -127,7 +127,8 @@ class _Ignored:
 
     def add(self, what: str, name: str = "", known: Any = (), hint: str = "") -> None:
         """`what` names the thing and where it is; a near match of `name` in `known` is offered."""
-        close = difflib.get_close_matches(name, sorted(set(known) - {name}), n=1) if name else []
+        close = difflib.get_close_matches(name, sorted(set(known) - {name}), n=3) if name else []
+        close.sort(key=lambda k: sorted(k) != sorted(name))  # a swap of letters first: 'modles' is 'models'
         hint = hint or (f" (did you mean {close[0]!r}?)" if close else "")
         if self.strict:
             raise ModelGlueError(f"{self.where}: {what}{hint}; mergekit ignores this, and --strict refuses it")
