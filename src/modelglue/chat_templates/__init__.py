@@ -79,7 +79,8 @@ def model_template(model_dir: Path) -> str | None:
     """The default chat template transformers would load from a model directory: the
     .jinja files first, then tokenizer_config.json's `chat_template` (a string, a list
     of {name, template}, or a mapping); None if it has none or cannot be read."""
-    model_dir = Path(str(model_dir).split("+")[0])  # a LoRA reference: the model's tokenizer
+    if not Path(model_dir).exists():  # a LoRA reference MODEL+ADAPTER: the model's tokenizer
+        model_dir = Path(str(model_dir).split("+")[0])
     try:
         if (model_dir / TEMPLATE_FILE).is_file():
             return (model_dir / TEMPLATE_FILE).read_text(encoding="utf-8")
