@@ -89,3 +89,18 @@ def test_invalid_inline_jinja_is_written_with_a_warning(tmp_path, capsys):
     assert len(warnings) == 1 and "not valid Jinja" in warnings[0] and "line 1" in warnings[0]
     with pytest.raises(ModelGlueError, match="not valid Jinja.*--strict refuses it"):
         merge(rec, tmp_path / "strict", strict=True)
+
+
+def test_auto_counts_stripped_templates_and_breaks_ties_by_order():
+    """`auto`: ct_a (inline in tokenizer_config.json) and ct_a2 (the same text plus
+    whitespace, in chat_template.jinja) count as one template; on a tie the earliest
+    model wins (mergekit's pick then depends on its set order)."""
+    from modelglue.chat_templates import auto_template, model_template
+
+    m = GOLDEN / "models"
+    a, b = model_template(m / "ct_a"), model_template(m / "ct_b")
+    assert a and b and a != b and model_template(m / "ct_a2").strip() == a.strip() != model_template(m / "ct_a2")
+    assert auto_template([m / "ct_b", m / "ct_a", m / "ct_a2"]) == a.strip()
+    assert auto_template([m / "ct_b", m / "ct_a"]) == b.strip()
+    assert auto_template([m / "ct_a", m / "ct_b"]) == a.strip()
+    assert auto_template([m / "ct_base", m / "ct_ft"]) is None
