@@ -108,8 +108,10 @@ def _parse_size(text: str) -> int:
 @click.option("--fsync", is_flag=True, help="fsync every shard before the final rename (survives power loss).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--strict", is_flag=True, help="Refuse keys and parameters mergekit would ignore (default: warn and run).")
+@click.option("--exact", is_flag=True, help="16-bit merges: do the arithmetic in 16 bits as mergekit does "
+              "(bit-identical outputs) instead of in float32 rounded once (within one ulp, faster).")
 def merge_cmd(recipe: Path, out_dir: Path, device: str, threads: int | None, shard_size: str, seed: int,
-              allow_pickle: bool, overwrite: bool, fsync: bool, quiet: bool, strict: bool) -> None:
+              allow_pickle: bool, overwrite: bool, fsync: bool, quiet: bool, strict: bool, exact: bool) -> None:
     """Merge models as RECIPE.yml (mergekit format) says, into OUT_DIR."""
     import time
 
@@ -121,7 +123,7 @@ def merge_cmd(recipe: Path, out_dir: Path, device: str, threads: int | None, sha
     # The bar is for people: on a pipe or a log file it would only garble the error line.
     merge(recipe, out_dir, device=device, seed=seed, threads=threads, shard_size=_parse_size(shard_size),
           allow_pickle=allow_pickle, overwrite=overwrite, progress=not quiet and sys.stderr.isatty(), fsync=fsync,
-          strict=strict)
+          strict=strict, exact=exact)
     click.echo(f"merged into {out_dir} in {time.perf_counter() - start:.1f}s")
 
 

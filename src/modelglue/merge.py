@@ -14,7 +14,7 @@ import torch
 from modelglue.engine.execute import (CHUNK_ELEMS, DiskSource, Executor, ResidentSource, compute_tensor, execute,
                                       prepare_state, write_merge)
 from modelglue.engine.output import model_card, output_config
-from modelglue.engine.plan import TORCH_DTYPES, Plan, TensorTask, plan_merge
+from modelglue.engine.plan import Plan, TensorTask, plan_merge
 from modelglue.errors import ModelGlueError
 from modelglue.io import Checkpoint, check_output_dir, keep_freed_memory
 from modelglue.recipe import Recipe, load_recipe
@@ -22,13 +22,16 @@ from modelglue.recipe import Recipe, load_recipe
 
 def merge(recipe: str | Path | dict | Recipe, out_dir: str | Path, *, device: str = "cpu", seed: int | None = None,
           threads: int | None = None, shard_size: int | None = None, allow_pickle: bool = False,
-          overwrite: bool = False, progress: bool = False, fsync: bool = False, strict: bool = False) -> Path:
+          overwrite: bool = False, progress: bool = False, fsync: bool = False, strict: bool = False,
+          exact: bool = False) -> Path:
     """Merge as a recipe says and write a Hugging Face model directory at out_dir.
 
     Everything is validated before any tensor is read; the output is assembled in a
     hidden sibling directory and renamed into place only when complete. On the CPU this
     sets glibc's malloc thresholds for the rest of the process (io.keep_freed_memory).
     Keys mergekit ignores are ignored with a warning each; strict=True refuses them.
+    16-bit merges compute in float32 and round once (within one ulp of mergekit's
+    outputs); exact=True does their arithmetic in 16 bits as mergekit does (bit-identical).
     """
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, strict=strict)
     if strict and rec.warnings:
@@ -36,7 +39,7 @@ def merge(recipe: str | Path | dict | Recipe, out_dir: str | Path, *, device: st
     out_dir = Path(out_dir)
     device = _check_device(device)
     check_output_dir(out_dir, rec.models(), overwrite)
-    plan = plan_merge(rec, seed=seed, allow_pickle=allow_pickle)
+    plan = plan_merge(rec, seed=seed, allow_pickle=allow_pickle, exact=exact)
     if threads is None and plan.method.elementwise and not plan.method.sums_like_mergekit and device == "cpu" \
             and not (plan.method.needs_base and _work_dtype(plan).itemsize < 4):
         # Streamed in 2 MB chunks, the arithmetic of one chunk is too short for torch's
@@ -59,15 +62,12 @@ def merge(recipe: str | Path | dict | Recipe, out_dir: str | Path, *, device: st
 
 
 def _work_dtype(plan: Plan) -> torch.dtype:
-    """The dtype the arithmetic runs in: the recipe's `dtype`, else the first input's."""
-    work = TORCH_DTYPES.get(plan.recipe.dtype or "")
-    if work is not None:
-        return work
+    """The dtype the arithmetic runs in (Plan.work_dtype of the first input's)."""
     task = next((t for t in plan.tasks if not t.copy_only), None)
     if task is None:
         return torch.float32
     m, name = task.inputs[task.base_index or 0]
-    return plan.checkpoints[m].dtype(name)
+    return plan.work_dtype(plan.checkpoints[m].dtype(name))
 
 
 def _check_device(device: str) -> str:
@@ -81,9 +81,9 @@ def _check_device(device: str) -> str:
 # ----------------------------------------------------------------------------- in memory
 
 
-IN_MEMORY_CHUNK = 1 << 18  # entries: a 1 MB float32 chunk of the output stays in cache through
-# all the passes of a method's arithmetic, so each input is read from memory once and the
-# target written once (whole tensors stream every pass through DRAM)
+IN_MEMORY_CHUNK = 1 << 17  # entries: a 512 KB float32 chunk of the output stays in the L2 cache
+# through all the passes of a method's arithmetic, so each input is read from memory once
+# and the target written once (whole tensors stream every pass through DRAM)
 
 
 class _ResidentParts:
@@ -153,25 +153,15 @@ class InMemoryMerger:
             keep_freed_memory()  # chunk temporaries come back from the heap, not fresh pages
         written = self._written.setdefault(module, {})
         source = self._source(plan)
-        old_threads = torch.get_num_threads()
-        if self.device == "cpu" and plan.method.elementwise and not plan.method.sums_like_mergekit \
-                and not (plan.method.needs_base and _work_dtype(plan).itemsize < 4):
-            # merge()'s thread count: a chunk's arithmetic is too short for torch's intra-op
-            # threads, which spin when a core is busy (two threads on a loaded 2-core
-            # machine took 149 s for a 0.5B linear merge, far more than one).
-            torch.set_num_threads(1)
-        try:
-            with torch.no_grad():
-                for task in plan.tasks:
-                    dest = target[task.name]
-                    key = self._task_key(plan, source, task)
-                    if task.prepare_inputs is None and written.get(task.name) == (key, dest.data_ptr(), dest._version):
-                        continue
-                    written.pop(task.name, None)
-                    self._merge_task(plan, source, task, dest)
-                    written[task.name] = (key, dest.data_ptr(), dest._version)
-        finally:
-            torch.set_num_threads(old_threads)
+        with torch.no_grad():
+            for task in plan.tasks:
+                dest = target[task.name]
+                key = self._task_key(plan, source, task)
+                if task.prepare_inputs is None and written.get(task.name) == (key, dest.data_ptr(), dest._version):
+                    continue
+                written.pop(task.name, None)
+                self._merge_task(plan, source, task, dest)
+                written[task.name] = (key, dest.data_ptr(), dest._version)
         return module
 
     def _merge_task(self, plan: Plan, source: ResidentSource, task: TensorTask, dest: torch.Tensor) -> None:

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from modelglue.errors import ModelGlueError
 from modelglue.engine.output import write_model_files
-from modelglue.engine.plan import TORCH_DTYPES, Plan, TensorTask
+from modelglue.engine.plan import Plan, TensorTask
 from modelglue.io import BufferPool, Checkpoint, ShardedWriter, atomic_output_dir
 from modelglue.methods.task_vectors import derive_seed
 
@@ -74,11 +74,11 @@ def compute_tensor(plan: Plan, task: TensorTask, tensors: list[torch.Tensor], de
     tensors, or with the method's prepared `state` a flat slice beginning at `start`."""
     if task.copy_only:
         return tensors[task.base_index or 0]
-    work = TORCH_DTYPES.get(plan.recipe.dtype or "")
-    tensors = [t.to(device=device, dtype=work or t.dtype, non_blocking=True) for t in tensors]
+    stored = tensors[task.base_index or 0].dtype
+    tensors = [_as_work(plan, t, device) for t in tensors]
     try:
         out = plan.method(tensors, task.base_index, task.shared, task.per_input, _seeds(plan, task),
-                          state=state, start=start)
+                          state=state, start=start, round_to=plan.round_to(stored))
     except ModelGlueError as exc:
         raise ModelGlueError(f"tensor {task.name}: {exc}") from None
     out = out.to(task.dtype)
@@ -90,6 +90,13 @@ def compute_tensor(plan: Plan, task: TensorTask, tensors: list[torch.Tensor], de
         why = f"non-finite values in input {', '.join(bad)}" if bad else "the result is not finite (weights summing to zero?)"
         raise ModelGlueError(f"tensor {task.name}: {why}")
     return out
+
+
+def _as_work(plan: Plan, t: torch.Tensor, device: str) -> torch.Tensor:
+    """An input in the dtype the arithmetic runs in, holding the values mergekit's
+    arithmetic starts from (a float32 input of a bfloat16 recipe is rounded first)."""
+    t = t.to(device=device, dtype=plan.mergekit_dtype(t.dtype), non_blocking=True)
+    return t.to(plan.work_dtype(t.dtype))
 
 
 def _seeds(plan: Plan, task: TensorTask) -> list[int] | None:
@@ -107,8 +114,9 @@ def prepare_state(plan: Plan, task: TensorTask, source: Any, device: str = "cpu"
     and left unchanged (None for any it did not read whole), to cut the chunks from."""
     if task.copy_only or plan.method.prepare is None:
         return None, None
-    work = TORCH_DTYPES.get(plan.recipe.dtype or "")
     n = math.prod(task.shape)
+    m, name = task.inputs[task.base_index or 0]
+    round_to = plan.round_to(plan.checkpoints[m].dtype(name))
     whole: dict[int, torch.Tensor] = {}
 
     # Reads that prepare leaves unchanged are only ever read: map them rather than copy.
@@ -117,14 +125,14 @@ def prepare_state(plan: Plan, task: TensorTask, source: Any, device: str = "cpu"
     def read(i: int, start: int, stop: int) -> torch.Tensor:
         m, name = task.inputs[i]
         t = get_part(m, name, start, stop)
-        t = t.to(device=device, dtype=work or t.dtype)
+        t = _as_work(plan, t, device)
         if keep_inputs and (start, stop) == (0, n):
             whole[i] = t
         return t
 
     try:
         state = plan.method.prepare_state(read, task.shape, task.base_index, task.shared, task.per_input,
-                                          _seeds(plan, task), keep_inputs=keep_inputs)
+                                          _seeds(plan, task), keep_inputs=keep_inputs, round_to=round_to)
     except ModelGlueError as exc:
         raise ModelGlueError(f"tensor {task.name}: {exc}") from None
     return state, [whole.get(i) for i in range(len(task.inputs))] if keep_inputs else None

@@ -17,6 +17,7 @@ from modelglue.recipe import DTYPE_NAMES, OutputSlice, Recipe, SliceSource, eval
 
 TORCH_DTYPES = {name: getattr(torch, name) for name in set(DTYPE_NAMES.values())}  # recipe dtype names
 TORCH_DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
+HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
 @dataclass
@@ -46,15 +47,42 @@ class Plan:
     num_out_layers: int
     layer_origin: list[tuple[int, int]] = field(default_factory=list)  # per output layer: (model idx, source layer)
     seed: int = 0
+    # 16-bit arithmetic in 16 bits, as mergekit does (bit-identical outputs); else in
+    # float32, rounded once at the end (see work_dtype)
+    exact: bool = False
     vocab: VocabPlan | None = None  # the output tokenizer and row permutations (tokenizer_source / tokenizer:)
 
     def specs(self) -> list[TensorSpec]:
         return [TensorSpec(t.name, t.shape, t.dtype) for t in self.tasks]
 
+    def mergekit_dtype(self, stored: torch.dtype) -> torch.dtype:
+        """The dtype mergekit computes in for inputs stored as `stored`: the recipe's `dtype`, else theirs."""
+        return TORCH_DTYPES.get(self.recipe.dtype or "") or stored
+
+    def work_dtype(self, stored: torch.dtype) -> torch.dtype:
+        """The dtype the arithmetic runs in: mergekit's, except that 16-bit arithmetic runs
+        in float32 unless `exact` (one rounding at the end instead of one per operation:
+        closer to the exact result, within one 16-bit ulp of mergekit's, and faster on
+        CPUs, whose 16-bit kernels convert to float32 and back at every operation)."""
+        work = self.mergekit_dtype(stored)
+        return torch.float32 if work in HALF_DTYPES and not self.exact_16bit else work
+
+    def round_to(self, stored: torch.dtype) -> torch.dtype | None:
+        """The 16-bit dtype mergekit computes in when this engine computes in float32
+        instead (else None): methods that choose entries (a magnitude trim, a sign
+        election) round the values they choose by to it, so the choices are mergekit's."""
+        work = self.mergekit_dtype(stored)
+        return work if work in HALF_DTYPES and not self.exact_16bit else None
+
+    @property
+    def exact_16bit(self) -> bool:
+        return self.exact or self.method.keeps_16bit
+
 
 def plan_merge(recipe: Recipe, *, seed: int | None = None, allow_pickle: bool = False,
-               checkpoints: dict[Path, Checkpoint] | None = None) -> Plan:
-    """Turn a validated recipe into a list of tensor tasks; reads headers only."""
+               checkpoints: dict[Path, Checkpoint] | None = None, exact: bool = False) -> Plan:
+    """Turn a validated recipe into a list of tensor tasks; reads headers only
+    (exact: 16-bit arithmetic as mergekit does it, see Plan.work_dtype)."""
     method = get_method(recipe.merge_method)
     models = recipe.models()
     cache = checkpoints if checkpoints is not None else {}
@@ -72,7 +100,7 @@ def plan_merge(recipe: Recipe, *, seed: int | None = None, allow_pickle: bool = 
     planner = _Planner(recipe, method, models, ckpts, index, vocab)
     tasks = planner.plan()
     return Plan(recipe, method, models, ckpts, tasks, planner.out_layers, planner.layer_origin,
-                seed=0 if seed is None else seed, vocab=vocab)
+                seed=0 if seed is None else seed, vocab=vocab, exact=exact)
 
 
 class _Planner:
@@ -168,7 +196,6 @@ class _Planner:
         work = TORCH_DTYPES.get(self.recipe.dtype or "")
         align = self.vocab.aligner(tuple(m for m, _ in refs), base, [sh[0] for sh in shapes], out_name, work)
         return (self.vocab.rows, *shapes[0][1:]), align
-
 
     def resolve(self, tensor_name: str, src: SliceSource | None, out_slice: OutputSlice, t: float,
                 scope: tuple[str, ...]) -> dict[str, Any]:

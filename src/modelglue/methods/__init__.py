@@ -28,7 +28,7 @@ from modelglue.methods.basic import linear, model_stock, model_stock_prepare, pa
 from modelglue.methods.consensus import ram, ramplus_tl, sce
 from modelglue.methods.pairwise import arcee_fusion, nearswap
 from modelglue.methods.spherical import karcher, multislerp, nuslerp
-from modelglue.methods.task_vectors import prepare_keeps, task_vector_merge
+from modelglue.methods.task_vectors import as_rounded, prepare_keeps, task_vector_merge
 
 REQUIRED = object()
 
@@ -110,6 +110,13 @@ class MergeMethod:
     # depend on how torch splits a sum over its intra-op threads, so the engine leaves
     # torch's default thread count (mergekit's) in place for these methods.
     sums_like_mergekit: bool = False
+    # fn (and prepare) take round_to=: the 16-bit dtype mergekit computes in while the
+    # engine computes in float32 (else None), to make their choices on its rounded values.
+    takes_round_to: bool = False
+    # The engine keeps mergekit's 16-bit arithmetic for it even without exact: in float32
+    # its outputs would move more than one 16-bit ulp from mergekit's (thresholds on
+    # rounded values; norms and angles that mergekit takes in 16 bits).
+    keeps_16bit: bool = False
     description: str = ""
     reference: str = ""
     # constraint(values) -> an error message or None: a rule across one input's resolved
@@ -147,10 +154,12 @@ class MergeMethod:
 
     def __call__(self, tensors: list[torch.Tensor], base_index: int | None, shared: dict[str, Any],
                  per_input: list[dict[str, Any]], seeds: list[int] | None = None, *,
-                 state: Any = None, start: int = 0) -> torch.Tensor:
+                 state: Any = None, start: int = 0, round_to: torch.dtype | None = None) -> torch.Tensor:
         """Bind resolved parameters to the plain function and run it (on whole tensors, or
         with `state` from prepare_state on the flat slice beginning at entry `start`)."""
         kwargs = self._kwargs(base_index, shared, per_input, seeds)
+        if self.takes_round_to:
+            kwargs["round_to"] = round_to
         if self.prepare is not None:
             kwargs.update(state=state, start=start)
         if not self.uses_base:
@@ -160,7 +169,8 @@ class MergeMethod:
 
     def prepare_state(self, read: Callable[[int, int, int], torch.Tensor], shape: tuple[int, ...],
                       base_index: int | None, shared: dict[str, Any], per_input: list[dict[str, Any]],
-                      seeds: list[int] | None = None, *, keep_inputs: bool = False) -> Any:
+                      seeds: list[int] | None = None, *, keep_inputs: bool = False,
+                      round_to: torch.dtype | None = None) -> Any:
         """What `fn` needs to know about the whole tensors before it can run on chunks
         (keep_inputs: leave what `read` returns unchanged; needs prepare_keeps_inputs)."""
         if keep_inputs and not self.prepare_keeps_inputs:
@@ -170,6 +180,8 @@ class MergeMethod:
         kwargs = self._kwargs(base_index, shared, per_input, seeds)
         if keep_inputs:
             kwargs["keep_inputs"] = True
+        if self.takes_round_to:
+            kwargs["round_to"] = round_to
         return self.prepare(read, shape, base_index, len(per_input), **kwargs)
 
 
@@ -213,6 +225,7 @@ register("slerp", slerp, Param("t", float, **UNIT), needs_base=True, min_inputs=
 
 register("model_stock", model_stock, Param("filter_wise", bool, default=False), needs_base=True, min_inputs=3,
          elementwise=True, prepare=model_stock_prepare, prepare_keeps_inputs=True, sums_like_mergekit=True,
+         keeps_16bit=True,
          description="Interpolate towards the fine-tunes' mean by their task vectors' geometry.",
          reference="https://arxiv.org/abs/2403.19522")
 
@@ -253,7 +266,8 @@ def _task_vector_method(name: str, *, sparsify: str | None, consensus: str | Non
         needs_base=True, min_inputs=1, randomized=sparsify in ("random", "della"),
         elementwise=sparsify is None or streamed,
         prepare=functools.partial(_task_vector_prepare, sparsify=sparsify) if streamed else None,
-        constraint=_della_constraint if sparsify == "della" else None, description=description, reference=reference)
+        constraint=_della_constraint if sparsify == "della" else None, takes_round_to=True,
+        description=description, reference=reference)
 
 
 def _della_constraint(values: dict[str, Any]) -> str | None:
@@ -264,21 +278,23 @@ def _della_constraint(values: dict[str, Any]) -> str | None:
 
 
 def _task_vector_prepare(read, shape, base_index, num_inputs, *, density, rescale, rescale_mode, gamma=None,
-                         seeds=None, tie_order="sort", sparsify=None, **_):
-    """Keep rules of the task vectors d_i = input_i - base, read slice by slice."""
+                         seeds=None, tie_order="sort", sparsify=None, round_to=None, **_):
+    """Keep rules of the task vectors d_i = input_i - base, read slice by slice (rounded
+    to round_to as mergekit's are: its trim ranks those)."""
     others = [i for i in range(num_inputs) if i != base_index]
-    return prepare_keeps(lambda i, a, b: read(others[i], a, b) - read(base_index, a, b), math.prod(shape), None,
+    return prepare_keeps(lambda i, a, b: as_rounded(read(others[i], a, b) - read(base_index, a, b), round_to),
+                         math.prod(shape), None,
                          sparsify=sparsify, density=density, rescale=rescale_mode if rescale else None,
                          gamma=gamma, tie_order=tie_order, seeds=seeds)
 
 
 def _task_vector_call(base, others, *, weight, density, normalize, rescale, rescale_mode, lambda_,
                       int8_mask, gamma=None, epsilon=None, seeds=None, sparsify=None, consensus=None,
-                      tie_order="sort", state=None, start=0):
+                      tie_order="sort", state=None, start=0, round_to=None):
     return task_vector_merge(
         base, others, weight, density, sparsify=sparsify, consensus=consensus, normalize=normalize,
         rescale=rescale_mode if rescale else None, lambda_=lambda_, gamma=gamma, epsilon=epsilon,
-        seeds=seeds, tie_order=tie_order, keeps=state, start=start)
+        seeds=seeds, tie_order=tie_order, keeps=state, start=start, round_to=round_to)
 
 
 _task_vector_method("task_arithmetic", sparsify=None, consensus=None, normalize=False, rescale=False,
@@ -313,6 +329,7 @@ _task_vector_method("della_linear", sparsify="della", consensus=None, normalize=
 register("nuslerp", nuslerp, Param("weight", float, "non_base"), Param("nuslerp_row_wise", bool, default=False),
          Param("nuslerp_flatten", bool, default=True), optional_base=True, min_non_base=2, max_non_base=2,
          # not searched: it takes exactly two models, and the search leaves out zero-weight ones
+         keeps_16bit=True,
          description="Slerp of two models (or of their task vectors from a base) at t = w_2 / (w_1 + w_2); "
                      "whole tensor, per row or per column.",
          reference="https://github.com/arcee-ai/mergekit/blob/main/docs/merge_methods.md")
@@ -320,33 +337,40 @@ register("nuslerp", nuslerp, Param("weight", float, "non_base"), Param("nuslerp_
 register("multislerp", multislerp, Param("weight", float, "non_base", search=(0.0, 1.0)),
          Param("normalize_weights", bool, default=True), Param("eps", float, default=1e-8, low=0.0),
          optional_base=True, min_non_base=1,
+         keeps_16bit=True,
          description="Weighted barycentre of the models (or task vectors) on the hypersphere, scaled to the mean norm.",
          reference="https://goddard.blog/posts/multislerp-wow-what-a-cool-idea")
 
 register("karcher", karcher, Param("max_iter", int, default=10, low=0), Param("tol", float, default=1e-5, low=0.0),
+         keeps_16bit=True,
          description="Riemannian (Karcher) mean of the models' directions, times their mean norm.",
          reference="https://arxiv.org/abs/2603.04972")
 
 register("sce", sce, Param("select_topk", float, default=1.0, **UNIT),
          Param("int8_mask", bool, default=False),  # accepted for mergekit recipes; no effect on the result
          needs_base=True,
+         keeps_16bit=True,
          description="Keep the highest-variance entries, weigh task vectors by energy, erase minority signs.",
          reference="https://arxiv.org/abs/2408.07990")
 
 register("ram", ram, Param("epsilon", float, default=1e-5, low=0.0), needs_base=True, elementwise=True,
+         keeps_16bit=True,
          description="Per entry, the mean of the task vectors that change it (|d| > epsilon).",
          reference="https://arxiv.org/abs/2601.13572")
 
 register("ramplus_tl", ramplus_tl, Param("r", float, default=0.1, low=0.0), Param("alpha", float, default=0.2, low=0.0),
          Param("epsilon", float, default=1e-5, low=0.0), needs_base=True,
+         keeps_16bit=True,
          description="RAM with each fine-tune's unique entries scaled by 1 + r min(shared/unique, alpha), per tensor.",
          reference="https://arxiv.org/abs/2601.13572")
 
 register("nearswap", nearswap, Param("t", float, low=0.0), needs_base=True, min_inputs=2, max_inputs=2,
-         elementwise=True, description="Take the other model's value where it lies within t of the base's.",
+         elementwise=True, keeps_16bit=True,
+         description="Take the other model's value where it lies within t of the base's.",
          reference="https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001")
 
 register("arcee_fusion", arcee_fusion, needs_base=True, min_inputs=2, max_inputs=2,
+         keeps_16bit=True,
          description="Take the other model's value where |difference| x row KL is an outlier (median + 1.5 IQR).",
          reference="https://arcee.ai")
 

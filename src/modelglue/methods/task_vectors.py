@@ -35,6 +35,12 @@ RANDOM_BLOCK = 1 << 19  # DARE draws its random numbers per block of this many e
 # (seed, block): the same mask whether a tensor is merged whole or in chunks (aligned to blocks)
 
 
+def as_rounded(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """x rounded to `dtype` and back (None: x as it is): the values mergekit's 16-bit
+    arithmetic holds where this engine computes in float32."""
+    return x if dtype is None else x.to(dtype).to(x.dtype)
+
+
 # ---------------------------------------------------------------- the magnitude cut
 
 
@@ -342,28 +348,37 @@ def task_vector_merge(
     tie_order: str = "sort",
     keeps: list[Keep | None] | None = None,
     start: int = 0,
+    round_to: torch.dtype | None = None,
 ) -> torch.Tensor:
     """base + lambda * (elected, weighted, sparsified task vectors), see the module doc.
     With `keeps` (from prepare_keeps) the tensors may be any flat slice of the whole
-    ones, starting at entry `start`; without, they are whole and keeps are made here."""
+    ones, starting at entry `start`; without, they are whole and keeps are made here.
+    round_to: the 16-bit dtype mergekit computes in (float32 tensors here): the task
+    vectors and weighted task vectors, which the trim and the sign election choose by,
+    are rounded to it as mergekit's are; the sums after them are not."""
     if not others:
         return base
     if keeps is None:
         flat_base, flat = base.reshape(-1), [t.reshape(-1) for t in others]
-        keeps = prepare_keeps(lambda i, a, b: flat[i][a:b] - flat_base[a:b], base.numel(), base.dtype,
+        keeps = prepare_keeps(lambda i, a, b: as_rounded(flat[i][a:b] - flat_base[a:b], round_to), base.numel(),
+                              base.dtype,
                               sparsify=sparsify, density=density, rescale=rescale, gamma=gamma,
                               tie_order=tie_order, seeds=seeds)
     # In place where mergekit makes temporaries; every entry gets the same arithmetic.
     deltas = torch.empty((len(others), *base.shape), dtype=base.dtype, device=base.device)
-    w = torch.tensor(weight, dtype=deltas.dtype, device=deltas.device)
+    w = torch.tensor(weight, dtype=round_to or deltas.dtype, device=deltas.device).to(deltas.dtype)
     for i, theta in enumerate(others):
         d = torch.sub(theta, base, out=deltas[i])
+        if round_to is not None:
+            d.copy_(d.to(round_to))
         if sparsify == "della":
             d.copy_(della_magprune(d, density[i] if density else 1.0, rescale,
                                    epsilon=epsilon[i] if epsilon else 0.15, seed=seeds[i] if seeds else 0))
         elif keeps is not None and keeps[i] is not None:
             keeps[i].apply_(d, start)
         d.mul_(w[i])  # the weighted task vector w_i d_i'
+        if round_to is not None and consensus:
+            d.copy_(d.to(round_to))
     if consensus:
         agree = sign_election_mask(deltas, consensus).to(deltas.dtype)
         mixed = deltas.mul_(agree).sum(dim=0)  # sum of the entries that agree
@@ -374,7 +389,12 @@ def task_vector_merge(
         divisor = w.sum(dim=0)
         divisor[divisor.abs() < 1e-8] = 1
     if normalize:
+        if round_to is not None:  # mergekit rounds the sums and the quotient: the quotient of
+            mixed.copy_(mixed.to(round_to))  # unrounded ones could be an ulp of the task vector off
+            divisor.copy_(divisor.to(round_to))
         mixed /= divisor
+        if round_to is not None:
+            mixed.copy_(mixed.to(round_to))
     if lambda_ != 1:
         mixed *= lambda_
     return (base + mixed).to(base.dtype)
