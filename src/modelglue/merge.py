@@ -81,9 +81,9 @@ def _check_device(device: str) -> str:
 # ----------------------------------------------------------------------------- in memory
 
 
-IN_MEMORY_CHUNK = 1 << 17  # entries: a 512 KB float32 chunk of the output stays in the L2 cache
-# through all the passes of a method's arithmetic, so each input is read from memory once
-# and the target written once (whole tensors stream every pass through DRAM)
+IN_MEMORY_CHUNK = 1 << 18  # entries: a 1 MB float32 chunk of the output stays in cache through
+# all the passes of a method's arithmetic, so each input is read from memory once and the
+# target written once (whole tensors stream every pass through DRAM)
 
 
 class _ResidentParts:
@@ -153,15 +153,25 @@ class InMemoryMerger:
             keep_freed_memory()  # chunk temporaries come back from the heap, not fresh pages
         written = self._written.setdefault(module, {})
         source = self._source(plan)
-        with torch.no_grad():
-            for task in plan.tasks:
-                dest = target[task.name]
-                key = self._task_key(plan, source, task)
-                if task.prepare_inputs is None and written.get(task.name) == (key, dest.data_ptr(), dest._version):
-                    continue
-                written.pop(task.name, None)
-                self._merge_task(plan, source, task, dest)
-                written[task.name] = (key, dest.data_ptr(), dest._version)
+        old_threads = torch.get_num_threads()
+        if self.device == "cpu" and plan.method.elementwise and not plan.method.sums_like_mergekit \
+                and not (plan.method.needs_base and _work_dtype(plan).itemsize < 4):
+            # merge()'s thread count: a chunk's arithmetic is too short for torch's intra-op
+            # threads, which spin when a core is busy (two threads on a loaded 2-core
+            # machine took 149 s for a 0.5B linear merge, far more than one).
+            torch.set_num_threads(1)
+        try:
+            with torch.no_grad():
+                for task in plan.tasks:
+                    dest = target[task.name]
+                    key = self._task_key(plan, source, task)
+                    if task.prepare_inputs is None and written.get(task.name) == (key, dest.data_ptr(), dest._version):
+                        continue
+                    written.pop(task.name, None)
+                    self._merge_task(plan, source, task, dest)
+                    written[task.name] = (key, dest.data_ptr(), dest._version)
+        finally:
+            torch.set_num_threads(old_threads)
         return module
 
     def _merge_task(self, plan: Plan, source: ResidentSource, task: TensorTask, dest: torch.Tensor) -> None:
