@@ -138,3 +138,18 @@ def _report_counts():
         old = json.loads(Path(log).read_text()) if Path(log).exists() else {}
         Path(log).write_text(json.dumps({**old, **{f"fuzz_safetensors_{k}": v for k, v in COUNTS.items()}}, indent=1,
                                         sort_keys=True))
+
+
+def test_writer_takes_a_size_one_column_with_a_wide_stride(tmp_path: Path) -> None:
+    """A column cut from an SVD factor is contiguous yet has a stride other than 1 on its size-1 last dim:
+    the writer stores it, and it reads back equal (safetensors' own loader agrees)."""
+    from safetensors.torch import load_file
+
+    from modelglue.io.safetensors_io import save_tensors
+
+    u = torch.linalg.svd(torch.randn(6, 4), full_matrices=False)[0]
+    column = u[:, :1]
+    assert column.is_contiguous() and column.stride(-1) != 1
+    files = save_tensors({"col": column, "row": u[:1, :]}, tmp_path)
+    loaded = load_file(tmp_path / files[0])
+    assert torch.equal(loaded["col"], column) and torch.equal(loaded["row"], u[:1, :])

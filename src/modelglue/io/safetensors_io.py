@@ -299,7 +299,7 @@ class ShardedWriter:
             )
         if shard_idx != self._shard_idx:
             self._open_shard(shard_idx)
-        data = tensor.detach().to("cpu").contiguous().view(torch.uint8).reshape(-1).numpy()
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
         try:
             self._fh.write(memoryview(data))  # type: ignore[union-attr]
         except OSError as exc:
