@@ -60,8 +60,11 @@ PRESETS = {
                  num_key_value_heads=2, vocab_size=151936),
     "3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
                num_key_value_heads=2, vocab_size=151936),
+    # Llama-2-7B's shapes (6.74B parameters; its largest tensors, embed and lm_head, 131M entries)
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=32, vocab_size=32000),
 }
-DETERMINISTIC = {"linear", "ties", "slerp", "model_stock", "task_arithmetic", "breadcrumbs"}
+RANDOMIZED = {"dare_ties", "dare_linear", "della", "della_linear"}  # outputs not compared (different generators)
 SHARD_BYTES = 1 << 30
 
 
@@ -98,11 +101,14 @@ def tensor_shapes(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
     return out
 
 
-def build_checkpoints(dest: Path, size: str, dtype: str, seed: int = 0, device: str = "cpu") -> list[Path]:
+def build_checkpoints(dest: Path, size: str, dtype: str, seed: int = 0, device: str = "cpu",
+                      rng: str = "draw") -> list[Path]:
     """base, ft1, ft2 under dest/; skipped when dest/.complete matches.
 
     device: where the random numbers are drawn (cuda is much faster for big presets;
-    it gives other numbers than cpu, which the stamp records)."""
+    it gives other numbers than cpu, which the stamp records). rng 'pool' (_pool_draw):
+    every matrix is a window into pools of 2^27 entries drawn once, so that a 7B build
+    is bound by the disk, not by drawing 27 billion normals on two cores."""
     import torch
     from safetensors.torch import save_file
 
@@ -110,7 +116,7 @@ def build_checkpoints(dest: Path, size: str, dtype: str, seed: int = 0, device: 
     dirs = [dest / n for n in names]
     stamp = dest / ".complete"
     want = json.dumps({"size": size, "dtype": dtype, "seed": seed, "preset": PRESETS[size],
-                       "rng": "cpu" if device == "cpu" else "cuda"}, sort_keys=True)
+                       "rng": "pool-v2" if rng == "pool" else "cpu" if device == "cpu" else "cuda"}, sort_keys=True)
     if stamp.exists() and stamp.read_text() == want:
         return dirs
     if dest.exists():
@@ -134,12 +140,18 @@ def build_checkpoints(dest: Path, size: str, dtype: str, seed: int = 0, device: 
         d.mkdir(parents=True)
         (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     gens = [torch.Generator(device=device).manual_seed(seed * 1000 + k) for k in range(4)]  # base, shared, ft1, ft2
+    make = _pool_draw(gens, device, tdtype) if rng == "pool" else None
     weight_map: dict[str, str] = {}
     t0 = time.perf_counter()
     for si, shard in enumerate(shards):
         fname = f"model-{si + 1:05d}-of-{len(shards):05d}.safetensors"
         parts: list[dict] = [{}, {}, {}]
         for name, shape in shard:
+            weight_map[name] = fname
+            if make is not None:
+                for k, t in enumerate(make(shape)):
+                    parts[k][name] = t.cpu()
+                continue
             if len(shape) == 1:
                 base = 1.0 + 0.05 * torch.randn(shape, generator=gens[0], device=device)
             else:
@@ -153,7 +165,6 @@ def build_checkpoints(dest: Path, size: str, dtype: str, seed: int = 0, device: 
                 parts[k][name] = ft.to(tdtype).cpu()
                 del noise, ft
             del base, shared
-            weight_map[name] = fname
         for d, part in zip(dirs, parts):
             save_file(part, str(d / fname), metadata={"format": "pt"})
         del parts
@@ -163,6 +174,48 @@ def build_checkpoints(dest: Path, size: str, dtype: str, seed: int = 0, device: 
         (d / "model.safetensors.index.json").write_text(json.dumps(index, indent=1) + "\n")
     stamp.write_text(want)
     return dirs
+
+
+POOL = 1 << 27
+
+
+def _pool_draw(gens, device, dtype):
+    """make(name, shape) -> (base, ft1, ft2) for rng 'pool': matrices are windows at a
+    seeded offset (wrapping around) into pools of 2^27 entries drawn once, already in
+    the checkpoint dtype (base: 0.02 N; each fine-tune's difference: 0.0004 (shared +
+    own) N, the same construction as 'draw'); one copy and two adds per matrix."""
+    import torch
+
+    def normal(k):
+        return torch.randn(POOL, generator=gens[k], device=device)
+
+    base_pool = (0.02 * normal(0)).to(dtype)
+    shared = normal(1)
+    delta_pools = [(0.0004 * (shared + normal(1 + k))).to(dtype) for k in (1, 2)]
+    del shared
+
+    def window(pool, start: int, n: int):
+        if start + n <= POOL:
+            return pool[start:start + n]
+        parts, left = [], n
+        while left:
+            take = min(left, POOL - start)
+            parts.append(pool[start:start + take])
+            left, start = left - take, 0
+        return torch.cat(parts)
+
+    def make(shape):
+        n = _numel(shape)
+        if len(shape) == 1:  # norms: small, drawn as 'draw' does
+            base = 1.0 + 0.05 * torch.randn(shape, generator=gens[0], device=device)
+            fts = [base + 0.002 * (torch.randn(shape, generator=gens[1], device=device)
+                                   + torch.randn(shape, generator=gens[1 + k], device=device)) for k in (1, 2)]
+            return [t.to(dtype) for t in (base, *fts)]
+        start = int(torch.randint(POOL, (1,), generator=gens[0], device=device))
+        base = window(base_pool, start, n).reshape(shape)
+        return [base.clone(), *((base + window(d, start, n).reshape(shape)) for d in delta_pools)]
+
+    return make
 
 
 def _numel(shape) -> int:
@@ -184,14 +237,17 @@ def weight_bytes(d: Path) -> int:
 
 
 def recipe_for(method: str, base: Path, ft1: Path, ft2: Path, dtype: str) -> dict:
+    """mergekit's recipe for `method` on the three checkpoints (every registered method)."""
     b, f1, f2 = str(base), str(ft1), str(ft2)
+    two = [{"model": f1}, {"model": f2}]
+    weighted = [{"model": f1, "parameters": {"weight": 0.6}}, {"model": f2, "parameters": {"weight": 0.4}}]
     if method == "linear":
         r = {"merge_method": "linear", "models": [
             {"model": b, "parameters": {"weight": 0.2}},
             {"model": f1, "parameters": {"weight": 0.4}},
             {"model": f2, "parameters": {"weight": 0.4}}]}
-    elif method in ("ties", "dare_ties", "breadcrumbs"):
-        extra = {"gamma": 0.01} if method == "breadcrumbs" else {}
+    elif method in ("ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"):
+        extra = {"gamma": 0.01} if method.startswith("breadcrumbs") else {"epsilon": 0.1} if "della" in method else {}
         r = {"merge_method": method, "base_model": b, "models": [
             {"model": f1, "parameters": {"density": 0.5, "weight": 0.5, **extra}},
             {"model": f2, "parameters": {"density": 0.5, "weight": 0.5, **extra}}]}
@@ -200,12 +256,24 @@ def recipe_for(method: str, base: Path, ft1: Path, ft2: Path, dtype: str) -> dic
             {"model": f1, "parameters": {"weight": 0.5}},
             {"model": f2, "parameters": {"weight": 0.5}}]}
     elif method == "slerp":
-        r = {"merge_method": "slerp", "base_model": f1, "models": [{"model": f1}, {"model": f2}],
-             "parameters": {"t": 0.5}}
-    elif method == "model_stock":
-        r = {"merge_method": "model_stock", "base_model": b, "models": [{"model": f1}, {"model": f2}]}
+        r = {"merge_method": "slerp", "base_model": f1, "models": two, "parameters": {"t": 0.5}}
+    elif method in ("model_stock", "sce", "ram", "ramplus_tl"):
+        params = {"ram": {"epsilon": 0.0002}, "ramplus_tl": {"epsilon": 0.0002, "r": 0.5, "alpha": 0.5}}
+        r = {"merge_method": method, "base_model": b, "models": two, "parameters": params.get(method, {})}
+    elif method in ("nuslerp", "multislerp"):
+        r = {"merge_method": method, "models": weighted}
+    elif method == "karcher":
+        r = {"merge_method": method, "models": [{"model": b}, *two]}
+    elif method == "nearswap":
+        r = {"merge_method": method, "base_model": b, "models": [{"model": f1}], "parameters": {"t": 0.0005}}
+    elif method == "arcee_fusion":
+        r = {"merge_method": method, "base_model": b, "models": [{"model": f1}]}
+    elif method == "passthrough":
+        r = {"merge_method": method, "models": [{"model": f1}]}
     else:
         raise SystemExit(f"unknown method {method!r}")
+    if not r.get("parameters"):
+        r.pop("parameters", None)
     r["dtype"] = dtype
     return r
 
@@ -290,14 +358,27 @@ def prepare_cache(mode: str, inputs: list[Path]) -> str:
     return "warm"
 
 
+def ulp_distance(a, b):
+    """Elementwise distance of two 16-bit float tensors in representable steps."""
+    import torch
+
+    def key(t):
+        i = t.contiguous().view(torch.int16).to(torch.int32)
+        return torch.where(i < 0, -(i & 0x7FFF), i)  # monotonic; +0 and -0 both 0
+
+    return (key(a) - key(b)).abs()
+
+
 def compare_outputs(a: Path, b: Path) -> dict:
-    """Max abs diff over all tensors of two output dirs (streamed, tensor by tensor)."""
+    """Max abs diff (and, in 16 bits, max ulp distance) over all tensors of two output
+    dirs (streamed, tensor by tensor)."""
+    import torch
     from modelglue.io import Checkpoint
 
     ca, cb = Checkpoint(a), Checkpoint(b)
     ia, ib = set(ca.names()), set(cb.names())
     res = {"same_names": ia == ib, "missing": sorted(ib - ia)[:5],
-           "extra": sorted(ia - ib)[:5], "max_abs_diff": 0.0, "worst": None,
+           "extra": sorted(ia - ib)[:5], "max_abs_diff": 0.0, "worst": None, "max_ulps": None,
            "tensors_differing": 0, "elements_differing": 0, "tensors": 0}
     for k in sorted(ia & ib):
         x, y = ca.get(k), cb.get(k)
@@ -307,6 +388,8 @@ def compare_outputs(a: Path, b: Path) -> dict:
         res["tensors"] += 1
         diff = (x.double() - y.double()).abs()
         d = diff.max().item() if x.numel() else 0.0
+        if x.dtype == y.dtype and x.dtype in (torch.bfloat16, torch.float16) and x.numel():
+            res["max_ulps"] = max(res.get("max_ulps") or 0, int(ulp_distance(x, y).max()))
         if d > 1e-6:
             res["tensors_differing"] += 1
             res["elements_differing"] += int((diff > 1e-6).sum())
@@ -352,7 +435,8 @@ def render(results: dict) -> str:
     L.append(f"- checkpoints: 3 random Llama ({results['size']}, {results['dtype']}, "
              f"{results['params'] / 1e6:.1f}M parameters, {fmt_gb(results['model_bytes'])} GB each)")
     L.append(f"- page cache before each run: {results['cache']}")
-    L.append(f"- threads: modelglue {results['threads'] or 'default'}, mergekit default\n")
+    L.append(f"- threads: modelglue {results['threads'] or 'default'}, mergekit default; "
+             f"mergekit options: `{results.get('mergekit_args', '')}`\n")
     L.append("## I/O floor (same run)\n")
     io = results["io"]
     for k, v in io.items():
@@ -394,7 +478,8 @@ def render(results: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="0.5b", choices=sorted(PRESETS))
+    ap.add_argument("--size", default="0.5b", help=f"one or more of {', '.join(PRESETS)}, comma-separated, "
+                    "run in that order (each size's checkpoints are built when its turn comes)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--methods", default="linear,ties,dare_ties,slerp,model_stock")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out")
@@ -404,12 +489,24 @@ def main(argv=None) -> int:
     ap.add_argument("--tools", default="modelglue,mergekit")
     ap.add_argument("--modelglue", type=Path, default=MODELGLUE)
     ap.add_argument("--mergekit", type=Path, default=MERGEKIT)
+    ap.add_argument("--mergekit-args", default="--lazy-unpickle --out-shard-size 1B",
+                    help="extra mergekit-yaml options: its low-memory settings by default (a shard of 1B "
+                         "parameters is held in memory until written; its default is 5B)")
+    ap.add_argument("--rng", choices=["draw", "pool"], default="draw",
+                    help="checkpoint construction (build_checkpoints): 'pool' for big sizes")
+    ap.add_argument("--delete-models", action="store_true", help="delete each size's checkpoints after its runs")
+    ap.add_argument("--discard-output", action="store_true",
+                    help="truncate output shards to nothing twice a second while they are written: for a "
+                         "disk that cannot hold the inputs and an output; outputs are then not compared")
     ap.add_argument("--no-compare", action="store_true", help="skip the tensor comparison of outputs")
     args = ap.parse_args(argv)
 
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    methods = [m for m in args.methods.split(",") if m]
+    sizes = [x for x in args.size.split(",") if x]
+    unknown = [x for x in sizes if x not in PRESETS]
+    if unknown:
+        ap.error(f"unknown --size {unknown}; choose from {', '.join(PRESETS)}")
     tools = [t for t in args.tools.split(",") if t]
     if "mergekit" in tools and not args.mergekit.exists() and args.mergekit == MERGEKIT:
         print("installing mergekit 0.1.5 into .venv-mergekit ...", flush=True)
@@ -419,15 +516,34 @@ def main(argv=None) -> int:
             print(f"{t} not found at {exe}" + (" (bash benchmarks/setup_mergekit_venv.sh)" if t == "mergekit" else ""),
                   file=sys.stderr)
             return 2
+    command = " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv)
+    ok = True
+    for size in sizes:
+        results = run_size(args, size, tools, out)
+        results["command"] = command
+        suffix = "" if len(sizes) == 1 else f"-{size}"
+        (out / f"results{suffix}.json").write_text(json.dumps(results, indent=1) + "\n")
+        md = render(results)
+        (out / f"results{suffix}.md").write_text(md)
+        print()
+        print(md, flush=True)
+        ok = ok and all(r.get("rc") == 0 for r in results["runs"])
+    return 0 if ok else 1
+
+
+def run_size(args: argparse.Namespace, size: str, tools: list[str], out: Path) -> dict:
+    """Build (or reuse) one size's checkpoints, measure the I/O floor and run every method."""
     machine = machine_description()
     print(f"machine: {machine}")
-    mdir = out / f"models-{args.size}-{args.dtype}"
+    mdir = out / (f"models-{size}-{args.dtype}" + ("-pool" if args.rng == "pool" else ""))
     t0 = time.perf_counter()
-    base, ft1, ft2 = build_checkpoints(mdir, args.size, args.dtype)
+    base, ft1, ft2 = build_checkpoints(mdir, size, args.dtype, rng=args.rng)
     print(f"checkpoints ready in {mdir} ({time.perf_counter() - t0:.0f}s)")
     model_bytes = weight_bytes(base)
-    cfg = llama_config(args.size, args.dtype)
-    params = sum(_numel(s) for _, s in tensor_shapes(cfg))
+    cfg = llama_config(size, args.dtype)
+    shapes = tensor_shapes(cfg)
+    params = sum(_numel(s) for _, s in shapes)
+    largest = max(_numel(s) for _, s in shapes)
 
     mk_version = "?"
     if args.mergekit.exists():
@@ -435,13 +551,32 @@ def main(argv=None) -> int:
                             "import importlib.metadata as m; print(m.version('mergekit'))"],
                            capture_output=True, text=True)
         mk_version = v.stdout.strip() or "?"
+    io, read_rate, write_rate = io_floor(out, [base, ft1, ft2], model_bytes)
+    runs, compare = [], {}
+    work = out / "work"
+    work.mkdir(exist_ok=True)
+    for method in [m for m in args.methods.split(",") if m]:
+        r_runs, r_cmp = run_method(args, method, tools, out, work, (base, ft1, ft2), read_rate, write_rate)
+        runs += r_runs
+        compare[method] = r_cmp
+    if args.delete_models:
+        shutil.rmtree(mdir)
+    return {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine, "size": size, "dtype": args.dtype, "params": params, "largest_tensor": largest,
+        "model_bytes": model_bytes, "cache": args.cache, "threads": args.threads, "rng": args.rng,
+        "mergekit_args": args.mergekit_args, "mergekit_version": mk_version, "io": io, "runs": runs,
+        "compare": compare,
+    }
 
-    # I/O floor: reads of 2 and 3 checkpoints (cold when possible, and warm), synced write of one
+
+def io_floor(out: Path, models: list[Path], model_bytes: int) -> tuple[dict, dict, float]:
+    """Reads of 1 and 3 checkpoints (cold when possible, and warm), a synced write of one."""
     io: dict[str, str] = {}
     cold = drop_caches()
-    n, dt = read_files([base])
+    n, dt = read_files(models[:1])
     io["read 1 checkpoint " + ("cold" if cold else "warm (cannot drop caches)")] = f"{fmt_gb(n)} GB in {dt:.2f} s = {n / dt / 1e9:.2f} GB/s"
-    n, dt = read_files([base])
+    n, dt = read_files(models[:1])
     io["read 1 checkpoint warm"] = f"{fmt_gb(n)} GB in {dt:.2f} s = {n / dt / 1e9:.2f} GB/s"
     wdt = write_floor(out, model_bytes)
     io["write 1 checkpoint + fsync"] = f"{fmt_gb(model_bytes)} GB in {wdt:.2f} s = {model_bytes / wdt / 1e9:.2f} GB/s"
@@ -452,96 +587,122 @@ def main(argv=None) -> int:
         if mode == "cold":
             drop_caches()
         else:
-            read_files([base, ft1, ft2])
-        n, dt = read_files([base, ft1, ft2])
+            read_files(models)
+        n, dt = read_files(models)
         read_rate[mode] = n / dt
         io[f"read 3 checkpoints {mode}"] = f"{fmt_gb(n)} GB in {dt:.2f} s = {n / dt / 1e9:.2f} GB/s"
-    write_rate = model_bytes / wdt
     print("I/O floor:", json.dumps(io, indent=1))
+    return io, read_rate, model_bytes / wdt
 
-    runs, compare = [], {}
-    work = out / "work"
-    work.mkdir(exist_ok=True)
+
+def run_method(args: argparse.Namespace, method: str, tools: list[str], out: Path, work: Path,
+               models: tuple[Path, Path, Path], read_rate: dict, write_rate: float) -> tuple[list[dict], str]:
+    """Both tools on one recipe; `METHOD@index` adds tie_order: index, `METHOD@exact`
+    runs modelglue with --exact (16-bit arithmetic as mergekit does it)."""
+    import yaml
+
+    plain, _, variant = method.partition("@")
+    r = recipe_for(plain, *models, args.dtype)
+    rpath = out / f"recipe-{plain}.yml"
+    rpath.write_text(yaml.safe_dump(r, sort_keys=False))
+    mg_rpath, mg_flags = rpath, []
+    if variant == "index":  # modelglue's own parameter; mergekit runs the plain recipe
+        mg_rpath = out / f"recipe-{plain}-{variant}.yml"
+        mg_rpath.write_text(yaml.safe_dump({**r, "parameters": {**r.get("parameters", {}), "tie_order": "index"}},
+                                           sort_keys=False))
+    elif variant == "exact":
+        mg_flags = ["--exact"]
+    elif variant:
+        raise SystemExit(f"unknown variant {method!r} (METHOD@index or METHOD@exact)")
+    inputs = recipe_inputs(r)
+    in_bytes = sum(weight_bytes(p) for p in inputs)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    for method in methods:
-        import yaml
-
-        plain, _, tie_order = method.partition("@")
-        r = recipe_for(plain, base, ft1, ft2, args.dtype)
-        rpath = out / f"recipe-{plain}.yml"
-        rpath.write_text(yaml.safe_dump(r, sort_keys=False))
-        mg_rpath = rpath
-        if tie_order:  # modelglue's own parameter; mergekit runs the plain recipe
-            mg_rpath = out / f"recipe-{plain}-{tie_order}.yml"
-            mg_rpath.write_text(yaml.safe_dump({**r, "parameters": {"tie_order": tie_order}}, sort_keys=False))
-        inputs = recipe_inputs(r)
-        in_bytes = sum(weight_bytes(p) for p in inputs)
-        outdirs = {}
-        for tool in tools:
-            best = None
-            for rep in range(args.repeat):
-                odir = work / f"{method}-{tool}"
-                if odir.exists():
-                    shutil.rmtree(odir)
-                if tool == "modelglue":
-                    cmd = [str(args.modelglue), "merge", str(mg_rpath), str(odir), "--device", "cpu"]
-                    if args.threads:
-                        cmd += ["--threads", str(args.threads)]
-                else:
-                    cmd = [str(args.mergekit), str(rpath), str(odir), "--no-copy-tokenizer",
-                           "--no-write-model-card", "--quiet", "--random-seed", "0"]
-                    if args.threads:
-                        cmd += ["-j", str(args.threads)]
-                cache_state = prepare_cache(args.cache, inputs)
-                log = out / f"log-{method}-{tool}.txt"
-                print(f"[{method}] {tool} run {rep + 1}/{args.repeat} ({cache_state} cache) ...", flush=True)
-                load1 = os.getloadavg()[0]
-                m = measure(cmd, log, env)
-                m.update(method=method, tool=tool, cache=cache_state, log=str(log.relative_to(out)),
-                         load1_before=round(load1, 1), load1_after=round(os.getloadavg()[0], 1))
-                if m["rc"] == 0:
-                    m["bytes_read"] = in_bytes
-                    m["bytes_written"] = weight_bytes(odir)
-                    rr = read_rate["cold"] if cache_state == "cold" else read_rate["warm"]
-                    m["floor_s"] = in_bytes / rr + m["bytes_written"] / write_rate
-                    print(f"    wall {m['wall_s']:.1f}s cpu {m['user_s'] + m['sys_s']:.1f}s "
-                          f"rss {fmt_gb(m['maxrss_bytes'])} GB", flush=True)
-                else:
-                    print(f"    FAILED rc={m['rc']}: {log.read_text()[-800:]}", flush=True)
-                if best is None or (m["rc"] == 0 and (best["rc"] != 0 or m["wall_s"] < best["wall_s"])):
-                    best = m
-                if rep + 1 < args.repeat and odir.exists():
-                    shutil.rmtree(odir)
-            runs.append(best)
-            outdirs[tool] = work / f"{method}-{tool}"
-        if len(tools) == 2 and all(d.exists() for d in outdirs.values()) and not args.no_compare:
-            c = compare_outputs(outdirs["modelglue"], outdirs["mergekit"])
-            if not c["same_names"]:
-                compare[method] = f"tensor names differ (missing {c['missing']}, extra {c['extra']})"
-            elif plain in DETERMINISTIC:
-                compare[method] = (f"{c['max_abs_diff']:.2e} (worst {c['worst']}; {c['tensors_differing']} of "
-                                   f"{c['tensors']} tensors, {c['elements_differing']} elements differ by > 1e-6)"
-                                   if c["max_abs_diff"] else "0 (identical)")
+    runs, outdirs = [], {}
+    for tool in tools:
+        best = None
+        odir = work / f"{method}-{tool}"
+        for rep in range(args.repeat):
+            if odir.exists():
+                shutil.rmtree(odir)
+            if tool == "modelglue":
+                cmd = [str(args.modelglue), "merge", str(mg_rpath), str(odir), "--device", "cpu", *mg_flags]
+                if args.threads:
+                    cmd += ["--threads", str(args.threads)]
             else:
-                compare[method] = f"randomized; max abs diff {c['max_abs_diff']:.2e}"
-        else:
-            compare[method] = "not compared"
-        for d in outdirs.values():
-            if d.exists():
-                shutil.rmtree(d)
-    results = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv),
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": machine, "size": args.size, "dtype": args.dtype, "params": params,
-        "model_bytes": model_bytes, "cache": args.cache, "threads": args.threads,
-        "mergekit_version": mk_version, "io": io, "runs": runs, "compare": compare,
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    md = render(results)
-    (out / "results.md").write_text(md)
-    print()
-    print(md)
-    return 0 if all(r.get("rc") == 0 for r in runs) else 1
+                cmd = [str(args.mergekit), str(rpath), str(odir), "--no-copy-tokenizer",
+                       "--no-write-model-card", "--quiet", "--random-seed", "0", *args.mergekit_args.split()]
+                if args.threads:
+                    cmd += ["-j", str(args.threads)]
+            cache_state = prepare_cache(args.cache, inputs)
+            log = out / f"log-{method}-{tool}.txt"
+            print(f"[{method}] {tool} run {rep + 1}/{args.repeat} ({cache_state} cache) ...", flush=True)
+            load1 = os.getloadavg()[0]
+            stop = _discard_outputs(work) if args.discard_output else None
+            m = measure(cmd, log, env)
+            if stop is not None:
+                stop()
+            m.update(method=method, tool=tool, cache=cache_state, log=str(log.relative_to(out)),
+                     load1_before=round(load1, 1), load1_after=round(os.getloadavg()[0], 1))
+            if m["rc"] == 0:
+                m["bytes_read"] = in_bytes
+                m["bytes_written"] = weight_bytes(models[0]) if args.discard_output else weight_bytes(odir)
+                rr = read_rate["cold"] if cache_state == "cold" else read_rate["warm"]
+                m["floor_s"] = in_bytes / rr + m["bytes_written"] / write_rate
+                print(f"    wall {m['wall_s']:.1f}s cpu {m['user_s'] + m['sys_s']:.1f}s "
+                      f"rss {fmt_gb(m['maxrss_bytes'])} GB", flush=True)
+            else:
+                print(f"    FAILED rc={m['rc']}: {log.read_text()[-800:]}", flush=True)
+            if best is None or (m["rc"] == 0 and (best["rc"] != 0 or m["wall_s"] < best["wall_s"])):
+                best = m
+            if rep + 1 < args.repeat and odir.exists():
+                shutil.rmtree(odir)
+        runs.append(best)
+        outdirs[tool] = odir
+    cmp = "not compared"
+    if len(tools) == 2 and all(d.exists() for d in outdirs.values()) and not args.no_compare and not args.discard_output:
+        cmp = describe_comparison(plain, compare_outputs(outdirs["modelglue"], outdirs["mergekit"]))
+    for d in outdirs.values():
+        if d.exists():
+            shutil.rmtree(d)
+    return runs, cmp
+
+
+def _discard_outputs(work: Path):
+    """Truncate every *.safetensors under work/ to nothing twice a second until the
+    returned stop() is called: a writer still writing goes on at its offset (into a
+    sparse file), and the files stay for mergekit's final renames."""
+    import threading
+
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(0.5):
+            for f in work.rglob("*.safetensors"):
+                try:
+                    os.truncate(f, 0)
+                except OSError:  # renamed or gone meanwhile
+                    pass
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        done.set()
+        thread.join()
+
+    return stop
+
+
+def describe_comparison(method: str, c: dict) -> str:
+    if not c["same_names"]:
+        return f"tensor names differ (missing {c['missing']}, extra {c['extra']})"
+    ulps = f", max {c['max_ulps']} ulp" if c.get("max_ulps") is not None else ""
+    if method in RANDOMIZED:
+        return f"randomized; max abs diff {c['max_abs_diff']:.2e}{ulps}"
+    if not c["max_abs_diff"]:
+        return "0 (identical)"
+    return (f"{c['max_abs_diff']:.2e}{ulps} (worst {c['worst']}; {c['tensors_differing']} of {c['tensors']} "
+            f"tensors, {c['elements_differing']} elements differ by > 1e-6)")
 
 
 if __name__ == "__main__":
