@@ -17,15 +17,13 @@ tokenizer.json, tokenizer_config.json and chat_template.jinja.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 import yaml
+from golden_tools import run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "tests" / "data" / "mergekit_golden" / "chat_templates"
@@ -109,22 +107,11 @@ def recipes() -> dict[str, dict]:
 
 
 def run_mergekit(root: Path, name: str, venv: Path) -> tuple[bool, str, float]:
-    out = root / "mergekit_out" / name
-    shutil.rmtree(out, ignore_errors=True)
     cmd = [str(venv / "bin" / "mergekit-yaml"), f"{name}.yml", f"mergekit_out/{name}",
            "--no-write-model-card", "--quiet", "--random-seed", "0"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env)
-    dt = time.perf_counter() - t0
-    if p.returncode != 0:
-        shutil.rmtree(out, ignore_errors=True)
-        lines = [ln for ln in (p.stderr + p.stdout).strip().splitlines() if ln.strip()]
-        return False, lines[-1][-300:] if lines else f"exit {p.returncode}", dt
-    for f in out.iterdir():
-        if not (f.suffix == ".safetensors" or f.name in KEEP):
-            shutil.rmtree(f) if f.is_dir() else f.unlink()
-    return True, " ".join(cmd[1:]), dt
+    ok, err, dt = run_tool(cmd, root, root / "mergekit_out" / name,
+                           keep=lambda f: f.suffix == ".safetensors" or f.name in KEEP)
+    return ok, " ".join(cmd[1:]) if ok else err, dt
 
 
 def make_chat_template_goldens(root: Path = DEFAULT_OUT, venv: Path = MERGEKIT_VENV) -> dict:

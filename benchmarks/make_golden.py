@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -40,6 +38,9 @@ from safetensors.torch import load_file, save_file
 from golden_chat_templates import make_chat_template_goldens
 from golden_lora import build_lora_adapters, lora_recipes
 from golden_tokenizers import build_tokenizer_models, tokenizer_recipes
+from golden_tools import run_tool
+
+WEIGHT_FILES = ("config.json", "model.safetensors.index.json")
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "tests" / "data" / "mergekit_golden"
@@ -637,33 +638,19 @@ KNOWN_DIFFERENCES: dict[str, str] = {}  # recipe -> why modelglue differs from m
 
 
 def run_mergekit(root: Path, name: str, venv: Path) -> tuple[bool, str, float]:
-    out = root / "mergekit_out" / name
-    if out.exists():
-        shutil.rmtree(out)
     cmd = [
         str(venv / "bin" / "mergekit-yaml"), f"{name}.yml", f"mergekit_out/{name}",
         "--no-copy-tokenizer", "--no-write-model-card", "--quiet", "--random-seed", "0",
     ]
     lora_cache = tempfile.mkdtemp(prefix="lora-merge-")  # where mergekit keeps a MODEL+ADAPTER merged
-    cmd += ["--lora-merge-cache", lora_cache]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    t0 = time.perf_counter()
     try:
-        p = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env)
+        ok, err, dt = run_tool(cmd + ["--lora-merge-cache", lora_cache], root, root / "mergekit_out" / name,
+                               keep=lambda f: f.suffix == ".safetensors" or f.name in WEIGHT_FILES
+                               # written (tokenizer recipes only) despite --no-copy-tokenizer
+                               or f.name.startswith("tokenizer"))
     finally:
         shutil.rmtree(lora_cache, ignore_errors=True)
-    dt = time.perf_counter() - t0
-    if p.returncode != 0:
-        if out.exists():
-            shutil.rmtree(out)
-        lines = [ln for ln in (p.stderr + p.stdout).strip().splitlines() if ln.strip()]
-        return False, " | ".join(lines[-3:])[-600:], dt
-    for f in out.iterdir():
-        keep = f.suffix == ".safetensors" or f.name in ("config.json", "model.safetensors.index.json") \
-            or f.name.startswith("tokenizer")  # written (tokenizer recipes only) despite --no-copy-tokenizer
-        if not keep:
-            shutil.rmtree(f) if f.is_dir() else f.unlink()
-    return True, " ".join(cmd[1:-2]), dt
+    return ok, " ".join(cmd[1:]) if ok else err, dt
 
 
 def describe_output(out: Path) -> dict:

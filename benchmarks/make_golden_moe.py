@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
+from golden_tools import run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "tests" / "data" / "mergekit_golden" / "moe"
@@ -150,24 +148,12 @@ def configs() -> dict[str, dict]:
 
 
 def run_mergekit_moe(root: Path, name: str, venv: Path) -> tuple[bool, str, float]:
-    out = root / "mergekit_out" / name
-    if out.exists():
-        shutil.rmtree(out)
     cmd = [str(venv / "bin" / "mergekit-moe"), f"{name}.yml", f"mergekit_out/{name}",
            "--random-seed", "0", "--no-write-model-card", "--quiet"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env)
-    dt = time.perf_counter() - t0
-    if p.returncode != 0:
-        if out.exists():
-            shutil.rmtree(out)
-        lines = [ln for ln in (p.stderr + p.stdout).strip().splitlines() if ln.strip()]
-        return False, " | ".join(lines[-3:])[-600:], dt
-    for f in out.iterdir():
-        if not (f.suffix == ".safetensors" or f.name in ("config.json", "model.safetensors.index.json")):
-            shutil.rmtree(f) if f.is_dir() else f.unlink()
-    return True, " ".join(cmd[1:]), dt
+    ok, err, dt = run_tool(cmd, root, root / "mergekit_out" / name,
+                           keep=lambda f: f.suffix == ".safetensors"
+                           or f.name in ("config.json", "model.safetensors.index.json"))
+    return ok, " ".join(cmd[1:]) if ok else err, dt
 
 
 def main(argv=None) -> int:

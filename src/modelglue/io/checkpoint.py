@@ -18,7 +18,7 @@ import torch
 from modelglue.errors import ModelGlueError
 from modelglue.io.buffers import BufferPool
 from modelglue.io.lora import LoraAdapter, split_reference
-from modelglue.io.paths import check_outside_inputs
+from modelglue.io.paths import check_outside_inputs, read_json_object
 from modelglue.io.safetensors_io import TensorInfo, map_tensor, read_header, read_tensor
 
 PICKLE_FILES = ("pytorch_model.bin", "model.pt", "model.bin")
@@ -224,13 +224,7 @@ def read_config(path: Path) -> dict:
     cfg = path / "config.json"
     if not cfg.exists():
         raise ModelGlueError(f"{path}: config.json is missing (expected a Hugging Face model directory)")
-    try:
-        config = json.loads(cfg.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelGlueError(f"{cfg}: invalid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise ModelGlueError(f"{cfg}: expected a JSON object")
-    return config
+    return read_json_object(cfg)
 
 
 def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:

@@ -21,7 +21,6 @@ is not this formula (DoRA, LoHa, LoKr, IA3, trainable tokens, ...) are refused b
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 import sys
@@ -32,6 +31,7 @@ from typing import Callable
 import torch
 
 from modelglue.errors import ModelGlueError
+from modelglue.io.paths import read_json_object
 from modelglue.io.safetensors_io import TensorInfo, read_header, read_tensor
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -203,12 +203,7 @@ def _read_adapter_config(path: Path) -> dict:
     cfg = path / ADAPTER_CONFIG
     if not cfg.is_file():
         raise ModelGlueError(f"{path}: not a PEFT adapter directory ({ADAPTER_CONFIG} is missing)")
-    try:
-        config = json.loads(cfg.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelGlueError(f"{cfg}: invalid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise ModelGlueError(f"{cfg}: expected a JSON object")
+    config = read_json_object(cfg)
     kind = config.get("peft_type", "LORA")
     if kind != "LORA":
         raise ModelGlueError(f"{path}: {kind} adapters are not supported (only LoRA)")

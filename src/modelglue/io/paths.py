@@ -1,7 +1,8 @@
-"""Two small file-system rules used everywhere: write a file atomically, and never put
-an output inside (or around) an input model."""
+"""Small file-system rules used everywhere: write a file atomically, read a JSON object
+with a one-line error, and never put an output inside (or around) an input model."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -22,6 +23,17 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON file that must hold an object (config.json, adapter_config.json): one-line errors."""
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelGlueError(f"{path}: invalid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ModelGlueError(f"{path}: expected a JSON object")
+    return value
 
 
 def check_outside_inputs(out_dir: str | Path, inputs: Iterable[str | Path]) -> None:
