@@ -2,6 +2,6 @@
 from __future__ import annotations
 
 from modelglue.demo.train import build_tokenizer
-from modelglue.demo.zoo import BASE_TASKS, C_TASK, build_demo_zoo, demo_zoo, format_table, zoo_specs
+from modelglue.demo.zoo import BASE_TASKS, C_TASK, FAMILY_TASKS, build_demo_zoo, demo_zoo, format_table, zoo_specs
 
-__all__ = ["BASE_TASKS", "C_TASK", "build_demo_zoo", "build_tokenizer", "demo_zoo", "format_table", "zoo_specs"]
+__all__ = ["BASE_TASKS", "C_TASK", "FAMILY_TASKS", "build_demo_zoo", "build_tokenizer", "demo_zoo", "format_table", "zoo_specs"]

@@ -6,6 +6,8 @@
                               harsh fine-tunes (high lr, one task) that drift and forget
   family B (llama, seed s+1): another base, same shape, and its fine-tunes
   family C (qwen3, other width): another architecture, the only one trained on `sub`
+  family D (llama, own tokenizer): the characters under other token ids (so it can be
+                              mixed with the others, never merged), the only one trained on `dup`
 
 Every model is an ordinary Hugging Face directory. The zoo root holds zoo.json (the
 manifest) and scores.json (test-split scores of every model on every task).
@@ -28,7 +30,10 @@ from modelglue.demo.train import build_tokenizer, make_model, save_model, train
 from modelglue.errors import ModelGlueError
 
 BASE_TASKS = ["add", "rev", "upper", "sort", "count", "copy"]  # families A and B
-C_TASK = "sub"  # only family C learns it: a skill that only a mixture brings in
+# A task only that family learns: a skill that only a mixture brings in.
+FAMILY_TASKS = {"C": "sub", "D": "dup"}
+C_TASK = FAMILY_TASKS["C"]
+D_VOCAB_SEED = 7  # family D's tokenizer: the shared characters, shuffled ids
 
 
 @dataclass
@@ -47,6 +52,7 @@ class Spec:
     keep: float = 0.0  # share of each batch that keeps the parent's behaviour (KL) on the other tasks
     keep_hidden: float = 0.0  # on that share, also keep the parent's hidden states (weight of that term)
     hard_share: float = 0.0  # base: share of the full-range (hard) examples in its curriculum
+    vocab_seed: int | None = None  # None: the shared tokenizer; else its ids shuffled (train.token_ids)
     extra: dict = field(default_factory=dict)
 
 
@@ -63,8 +69,8 @@ def _mix(spec: Spec, parent: Spec | None = None) -> list[tuple[str, bool, float]
     `keep` share, KL to the parent on the other tasks, is added by `_train_one`)."""
     if spec.role == "base":
         mix = [(t, hard, len(BASE_TASKS) * w) for t, hard, w in _curriculum(spec.hard_share)]
-        if spec.family == "C":  # C learns sub on the full range: nobody else does
-            mix.append((C_TASK, True, 3.0))
+        if spec.family in FAMILY_TASKS:  # its own task on the full range: nobody else learns it
+            mix.append((FAMILY_TASKS[spec.family], True, 3.0))
         return mix
     own = [(t, True, (1 - spec.replay) / len(spec.train_tasks)) for t in spec.train_tasks]
     hard_share = parent.hard_share if parent is not None else 0.0
@@ -103,10 +109,10 @@ def zoo_specs(scale: str = "full") -> list[Spec]:
         keep_hidden, harsh_steps = 0.0, 150
     harsh_lr = 3e-3  # one task, no replay, every weight: drifts far and forgets
 
-    def base(name, fam, arch="llama"):
-        tasks = BASE_TASKS + [C_TASK] if fam == "C" else list(BASE_TASKS)
+    def base(name, fam, arch="llama", vocab_seed=None):
+        tasks = BASE_TASKS + [FAMILY_TASKS[fam]] if fam in FAMILY_TASKS else list(BASE_TASKS)
         return Spec(name, fam, "base", tasks, base_steps, 3e-3, arch=arch,
-                    hard_share=hard_share if arch == "llama" else 0.0)
+                    hard_share=hard_share if arch == "llama" else 0.0, vocab_seed=vocab_seed)
 
     def gentle(name, tasks, parent):
         return Spec(name, parent[0].upper(), "gentle", tasks, ft_steps, gentle_lr, parent, replay=replay,
@@ -122,7 +128,7 @@ def zoo_specs(scale: str = "full") -> list[Spec]:
                 gentle("a_upper_copy", ["upper", "copy"], "a_base"),
                 harsh("a_harsh_add", ["add"], "a_base"), harsh("a_harsh_rev", ["rev"], "a_base"),
                 base("b_base", "B"), gentle("b_add", ["add"], "b_base"), gentle("b_sort", ["sort"], "b_base"),
-                base("c_base", "C", arch="qwen3")]
+                base("c_base", "C", arch="qwen3"), base("d_base", "D", vocab_seed=D_VOCAB_SEED)]
     return [base("a_base", "A"),
             gentle("a_sort", ["sort"], "a_base"), gentle("a_rev", ["rev"], "a_base"),
             gentle("a_count", ["count"], "a_base"), harsh("a_harsh_add", ["add"], "a_base"),
@@ -167,7 +173,6 @@ def build_demo_zoo(out_dir: str | Path, seed: int = 0, scale: str = "full", thre
     torch.set_num_threads(threads or 1)
     t0 = time.time()
     try:
-        tokenizer = build_tokenizer()
         entries = _train_all(specs, scale, seed, tmp, threads or 1, workers, quiet, t0)
         build_seconds = time.time() - t0
         scores = {}
@@ -175,11 +180,11 @@ def build_demo_zoo(out_dir: str | Path, seed: int = 0, scale: str = "full", thre
             print(f"demo zoo: scoring {len(specs)} models on the test split", file=sys.stderr, flush=True)
         for spec in specs:
             model = _load(tmp / spec.name)
-            res = evaluate(model, tokenizer, list(BUILTIN_TASKS), split="test", limit=eval_limit)
+            res = evaluate(model, build_tokenizer(spec.vocab_seed), list(BUILTIN_TASKS), split="test", limit=eval_limit)
             scores[spec.name] = {t: round(v, 4) for t, v in res["scores"].items()}
         manifest = {"format": "modelglue-demo-zoo/1", "scale": scale, "seed": seed,
-                    "tasks": list(BUILTIN_TASKS), "base_tasks": BASE_TASKS, "c_task": C_TASK,
-                    "tokenizer": "shared char-level tokenizer (every model dir holds a copy)",
+                    "tasks": list(BUILTIN_TASKS), "base_tasks": BASE_TASKS, "c_task": C_TASK, "family_tasks": FAMILY_TASKS,
+                    "tokenizer": "char-level; family D's shuffles the ids (every model dir holds its own)",
                     "build_seconds": round(build_seconds, 1), "threads": torch.get_num_threads(),
                     "models": entries}
         (tmp / "zoo.json").write_text(json.dumps(manifest, indent=2))
@@ -209,7 +214,7 @@ def _train_one(spec: Spec, index: int, scale: str, seed: int, tmp: Path, threads
     starts from its parent as saved: float32 on disk is bit-identical to the parent in
     memory, and every model seeds its own training, so the order of work never matters."""
     torch.set_num_threads(threads)
-    fam_seed = seed * 1000 + {"A": 0, "B": 1, "C": 2}[spec.family]
+    fam_seed = seed * 1000 + "ABCD".index(spec.family)
     if spec.parent is None:
         model = make_model(spec.arch, SIZES[scale][spec.arch], seed=fam_seed)
     else:
@@ -221,13 +226,13 @@ def _train_one(spec: Spec, index: int, scale: str, seed: int, tmp: Path, threads
         kw = dict(teacher=_load(tmp / spec.parent), keep_share=spec.keep, keep_hidden=spec.keep_hidden,
                   keep=[(t, hard, 1.0) for t in BASE_TASKS if t not in spec.train_tasks for hard in (False, True)])
     loss = train(model, _mix(spec, parent), spec.steps, spec.lr, seed=fam_seed * 100 + index, desc=spec.name,
-                 log_every=0.0 if quiet else 20.0, **kw)
-    save_model(model, build_tokenizer(), tmp / spec.name)
+                 log_every=0.0 if quiet else 20.0, vocab_seed=spec.vocab_seed, **kw)
+    save_model(model, build_tokenizer(spec.vocab_seed), tmp / spec.name)
     return {"name": spec.name, "path": spec.name, "family": spec.family, "role": spec.role,
             "arch": spec.arch, "parent": spec.parent, "train_tasks": spec.train_tasks,
             "steps": spec.steps, "lr": spec.lr, "replay": spec.replay, "keep": spec.keep,
             "keep_hidden": spec.keep_hidden,
-            "hard_share": spec.hard_share,
+            "hard_share": spec.hard_share, "vocab_seed": spec.vocab_seed,
             "final_loss": round(loss, 4), "train_seconds": round(time.time() - t1, 1)}
 
 
@@ -298,7 +303,7 @@ def source_hash(scale: str = "full") -> str:
     h = hashlib.sha256()
     for mod in (train_mod, tasks_mod):
         h.update(Path(mod.__file__).read_bytes())
-    h.update(repr((ZOO_VERSION, zoo_specs(scale), SIZES[scale], BASE_TASKS, C_TASK)).encode())
+    h.update(repr((ZOO_VERSION, zoo_specs(scale), SIZES[scale], BASE_TASKS, FAMILY_TASKS)).encode())
     return h.hexdigest()[:12]
 
 
