@@ -210,3 +210,23 @@ def test_cli_build_demo_rejects_nonempty(tmp_path):
     (tmp_path / "f").write_text("x")
     res = CliRunner().invoke(main, ["zoo", "build-demo", str(tmp_path), "--scale", "tiny"])
     assert res.exit_code == 2 and "error: output directory is not empty" in res.output
+
+
+def test_family_d_trains_and_saves_one_tokenizer_of_its_own():
+    """Family D's batches are written in the ids of the tokenizer saved with it (decoding a
+    batch gives the task text back), and those ids differ from the shared tokenizer's."""
+    import random
+
+    from modelglue.demo.train import build_tokenizer, make_batch
+    from modelglue.demo.zoo import D_VOCAB_SEED, FAMILY_TASKS, zoo_specs
+
+    ids, labels = make_batch([("dup", True, 1.0)], random.Random(1), 4, vocab_seed=D_VOCAB_SEED)
+    own, shared = build_tokenizer(D_VOCAB_SEED), build_tokenizer()
+    text = own.decode(ids[0], skip_special_tokens=True)
+    prompt, answer = text.split("=")
+    assert prompt.startswith("dup ") and answer == "".join(c + c for c in prompt[4:]) + "\n"
+    assert own(text)["input_ids"] != shared(text)["input_ids"]
+    assert shared.decode(shared(text)["input_ids"], skip_special_tokens=True) == text
+    d = [s for s in zoo_specs("full") if s.family == "D"]
+    assert [s.vocab_seed for s in d] == [D_VOCAB_SEED] and FAMILY_TASKS["D"] in d[0].train_tasks
+    assert all(FAMILY_TASKS["D"] not in s.train_tasks for s in zoo_specs("full") if s.family != "D")
