@@ -77,7 +77,7 @@ def export_lm_eval_tasks(out_dir: str | Path, tasks: list[str] | str | None = No
 def _builtin_export_dir() -> Path:
     """Exported built-in tasks under the cache, keyed by the task source (so they are
     written once and rewritten when the task definitions change)."""
-    from modelglue.evaluate import tasks as tasks_mod
+    import modelglue.evaluate.tasks as tasks_mod
     from modelglue.evaluate.cache import cache_dir
 
     key = hashlib.sha256(Path(tasks_mod.__file__).read_bytes() + Path(__file__).read_bytes()).hexdigest()[:12]
