@@ -559,6 +559,7 @@ def run_size(args: argparse.Namespace, size: str, tools: list[str], out: Path) -
         r_runs, r_cmp = run_method(args, method, tools, out, work, (base, ft1, ft2), read_rate, write_rate)
         runs += r_runs
         compare[method] = r_cmp
+        print(f"  [{method}] outputs: {r_cmp}", flush=True)
     if args.delete_models:
         shutil.rmtree(mdir)
     return {
