@@ -364,9 +364,21 @@ def task_vector_merge(
                               base.dtype,
                               sparsify=sparsify, density=density, rescale=rescale, gamma=gamma,
                               tie_order=tie_order, seeds=seeds)
-    # In place where mergekit makes temporaries; every entry gets the same arithmetic.
+    w = torch.tensor(weight, dtype=round_to or base.dtype, device=base.device).to(base.dtype)
+    deltas = _weighted_task_vectors(base, others, w, density, sparsify, rescale, epsilon, seeds, keeps, start,
+                                    round_to if consensus else None, round_to)
+    mixed = _combine(deltas, w, consensus, normalize, round_to)
+    if lambda_ != 1:
+        mixed *= lambda_
+    return (base + mixed).to(base.dtype)
+
+
+def _weighted_task_vectors(base: torch.Tensor, others: list[torch.Tensor], w: torch.Tensor, density, sparsify,
+                           rescale, epsilon, seeds, keeps, start: int, round_weighted: torch.dtype | None,
+                           round_to: torch.dtype | None) -> torch.Tensor:
+    """w_i * sparsified(theta_i - base), stacked. In place where mergekit makes temporaries;
+    every entry gets the same arithmetic (and mergekit's roundings, see task_vector_merge)."""
     deltas = torch.empty((len(others), *base.shape), dtype=base.dtype, device=base.device)
-    w = torch.tensor(weight, dtype=round_to or deltas.dtype, device=deltas.device).to(deltas.dtype)
     for i, theta in enumerate(others):
         d = torch.sub(theta, base, out=deltas[i])
         if round_to is not None:
@@ -377,12 +389,19 @@ def task_vector_merge(
         elif keeps is not None and keeps[i] is not None:
             keeps[i].apply_(d, start)
         d.mul_(w[i])  # the weighted task vector w_i d_i'
-        if round_to is not None and consensus:
-            d.copy_(d.to(round_to))
+        if round_weighted is not None:  # the sign election chooses by these, as mergekit rounds them
+            d.copy_(d.to(round_weighted))
+    return deltas
+
+
+def _combine(deltas: torch.Tensor, w: torch.Tensor, consensus: str | None, normalize: bool,
+             round_to: torch.dtype | None) -> torch.Tensor:
+    """Sum of the weighted task vectors (only the entries that agree with the elected sign,
+    under a consensus), divided by the sum of their weights when normalizing."""
     if consensus:
         agree = sign_election_mask(deltas, consensus).to(deltas.dtype)
         mixed = deltas.mul_(agree).sum(dim=0)  # sum of the entries that agree
-        divisor = agree.mul_(w.reshape(-1, *([1] * base.dim()))).sum(dim=0)  # sum of their weights
+        divisor = agree.mul_(w.reshape(-1, *([1] * (deltas.dim() - 1)))).sum(dim=0)  # sum of their weights
         divisor[divisor == 0] = 1
     else:
         mixed = deltas.sum(dim=0)
@@ -395,6 +414,4 @@ def task_vector_merge(
         mixed /= divisor
         if round_to is not None:
             mixed.copy_(mixed.to(round_to))
-    if lambda_ != 1:
-        mixed *= lambda_
-    return (base + mixed).to(base.dtype)
+    return mixed
