@@ -13,7 +13,8 @@ from collections import Counter
 from importlib import resources
 from pathlib import Path
 
-from modelglue.errors import ModelGlueError
+from modelglue.errors import ModelGlueError, did_you_mean
+from modelglue.io.lora import model_directory
 
 AUTO = "auto"
 TEMPLATE_FILE = "chat_template.jinja"
@@ -45,11 +46,7 @@ def resolve_template(value: object, where: str) -> str | None:
         if "/" not in value and "\\" not in value and named.is_file():
             return named.read_text(encoding="utf-8")
     if len(value) < 20 or "{" not in value:
-        import difflib
-
-        close = difflib.get_close_matches(value, template_names(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ModelGlueError(f"{where}: unknown chat_template {value!r}{hint}; use one of "
+        raise ModelGlueError(f"{where}: unknown chat_template {value!r}{did_you_mean(value, template_names())}; use one of "
                              f"{', '.join(template_names())}, 'auto', or an inline Jinja template")
     return value
 
@@ -79,8 +76,7 @@ def model_template(model_dir: Path) -> str | None:
     """The default chat template transformers would load from a model directory: the
     .jinja files first, then tokenizer_config.json's `chat_template` (a string, a list
     of {name, template}, or a mapping); None if it has none or cannot be read."""
-    if not Path(model_dir).exists():  # a LoRA reference MODEL+ADAPTER: the model's tokenizer
-        model_dir = Path(str(model_dir).split("+")[0])
+    model_dir = model_directory(model_dir)  # MODEL+ADAPTER: the model's tokenizer
     try:
         if (model_dir / TEMPLATE_FILE).is_file():
             return (model_dir / TEMPLATE_FILE).read_text(encoding="utf-8")

@@ -3,14 +3,15 @@ per-layer lists updated), the recipe as mergekit_config.yml, a model card, the t
 from __future__ import annotations
 
 import json
-import sys
 import shutil
 from pathlib import Path
 
 from modelglue.arch import layer_count_key, per_layer_config_keys
 from modelglue.chat_templates import AUTO, auto_template, write_template
 from modelglue.engine.plan import TORCH_DTYPE_NAMES, Plan
+from modelglue.errors import warn
 from modelglue.io import copy_tokenizer_files
+from modelglue.io.lora import model_directory
 from modelglue.recipe import recipe_to_yaml
 
 
@@ -59,8 +60,9 @@ def write_tokenizer(plan: Plan, out: Path) -> None:
         copy_tokenizer_files(Path(ref), out)
         return
     plan.vocab.tokenizer.save_pretrained(str(out))
-    if (Path(ref) / "generation_config.json").is_file():
-        shutil.copyfile(Path(ref) / "generation_config.json", out / "generation_config.json")
+    generation = model_directory(ref) / "generation_config.json"  # MODEL+ADAPTER: MODEL's
+    if generation.is_file():
+        shutil.copyfile(generation, out / "generation_config.json")
 
 
 def write_chat_template(plan: Plan, out: Path) -> None:
@@ -73,8 +75,8 @@ def write_chat_template(plan: Plan, out: Path) -> None:
     if template is None:
         return
     if not any((out / name).is_file() for name in ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")):
-        print("warning: chat_template: the output has no tokenizer (its source has none), so the template is "
-              "not written, as in mergekit", file=sys.stderr, flush=True)
+        warn("chat_template: the output has no tokenizer (its source has none), so the template is "
+             "not written, as in mergekit")
         return
     write_template(out, template)
 
