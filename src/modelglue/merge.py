@@ -40,14 +40,7 @@ def merge(recipe: str | Path | dict | Recipe, out_dir: str | Path, *, device: st
     device = _check_device(device)
     check_output_dir(out_dir, rec.models(), overwrite)
     plan = plan_merge(rec, seed=seed, allow_pickle=allow_pickle, exact=exact)
-    if threads is None and plan.method.elementwise and not plan.method.sums_like_mergekit and device == "cpu" \
-            and not (plan.method.needs_base and _work_dtype(plan).itemsize < 4):
-        # Streamed in 2 MB chunks, the arithmetic of one chunk is too short for torch's
-        # intra-op threads to pay off (and they spin when a core is busy): the reader
-        # and writer threads already keep the other cores working. (Methods that sum like
-        # mergekit keep its thread count: same speed here, and bit-identical sums. So do
-        # task-vector methods in 16 bits: their dozen operations a chunk each convert to
-        # float32 and back, enough work for the threads: bfloat16 dare_ties 18.4 -> 14.9 s.)
+    if threads is None and _one_thread(plan, device):
         threads = 1
     if device == "cpu":
         keep_freed_memory()
@@ -59,6 +52,19 @@ def merge(recipe: str | Path | dict | Recipe, out_dir: str | Path, *, device: st
     finally:
         torch.set_num_threads(old_threads)
     return out_dir
+
+
+def _one_thread(plan: Plan, device: str) -> bool:
+    """Whether a CPU merge runs on one torch thread. Streamed in small chunks, the
+    arithmetic of one chunk is too short for torch's intra-op threads to pay off (and they
+    spin when a core is busy): the reader and writer threads already keep the other cores
+    working. Methods that sum like mergekit keep its thread count (same speed here, and
+    bit-identical sums); so do task-vector methods in 16 bits (their dozen operations a
+    chunk each convert to float32 and back, enough work for the threads: bfloat16
+    dare_ties 18.4 -> 14.9 s)."""
+    m = plan.method
+    return device == "cpu" and m.elementwise and not m.sums_like_mergekit \
+        and not (m.needs_base and _work_dtype(plan).itemsize < 4)
 
 
 def _work_dtype(plan: Plan) -> torch.dtype:
@@ -154,12 +160,8 @@ class InMemoryMerger:
         written = self._written.setdefault(module, {})
         source = self._source(plan)
         old_threads = torch.get_num_threads()
-        if self.device == "cpu" and plan.method.elementwise and not plan.method.sums_like_mergekit \
-                and not (plan.method.needs_base and _work_dtype(plan).itemsize < 4):
-            # merge()'s thread count: a chunk's arithmetic is too short for torch's intra-op
-            # threads, which spin when a core is busy (two threads on a loaded 2-core
-            # machine took 149 s for a 0.5B linear merge, far more than one).
-            torch.set_num_threads(1)
+        if _one_thread(plan, self.device):  # as merge() (two threads on a loaded 2-core machine
+            torch.set_num_threads(1)         # took 149 s for a 0.5B linear merge, far more than one)
         try:
             with torch.no_grad():
                 for task in plan.tasks:
