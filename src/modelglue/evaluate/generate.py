@@ -10,11 +10,7 @@ import inspect
 
 import torch
 
-from modelglue.evaluate.loglik import continuation_scores
-
-
-def _logits(out) -> torch.Tensor:
-    return out if isinstance(out, torch.Tensor) else out.logits
+from modelglue.evaluate.loglik import continuation_scores, logits_of
 
 
 def _forward_params(model: torch.nn.Module) -> set[str]:
@@ -77,7 +73,7 @@ class _Forward:
         cache = None
         if use_cache and hasattr(out, "get"):
             cache = out.get("cache") if "cache" in out else out.get("past_key_values")
-        return _logits(out)[:, -1], cache
+        return logits_of(out)[:, -1], cache
 
 
 def _greedy_batch(forward: _Forward, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,

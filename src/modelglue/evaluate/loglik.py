@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 
 
-def _logits(out) -> torch.Tensor:
+def logits_of(out) -> torch.Tensor:
+    """The logits of a forward pass (a model may return the tensor itself)."""
     return out if isinstance(out, torch.Tensor) else out.logits
 
 
@@ -41,7 +42,7 @@ def continuation_scores(model: torch.nn.Module, tokenizer, context: str,
     for i, r in enumerate(rows):  # right padding: positions start at 0 in every row
         ids[i, : len(r)] = torch.tensor(r, device=device)
         mask[i, : len(r)] = 1
-    logp = torch.log_softmax(_logits(model(input_ids=ids, attention_mask=mask)).float(), dim=-1)
+    logp = torch.log_softmax(logits_of(model(input_ids=ids, attention_mask=mask)).float(), dim=-1)
     out = []
     for i, r in enumerate(rows):
         n = len(r) - len(ctx)

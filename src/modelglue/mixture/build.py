@@ -19,6 +19,7 @@ import torch
 from modelglue.arch import num_layers, tensor_role
 from modelglue.errors import ModelGlueError
 from modelglue.io import Checkpoint, atomic_output_dir, check_output_dir, copy_tokenizer_files
+from modelglue.io.checkpoint import load_tokenizer
 from modelglue.io.safetensors_io import ShardedWriter, TensorSpec
 from modelglue.mixture.data import RouterExample, load_router_data, parse_router_examples
 from modelglue.mixture.moe_export import MIXTRAL, QWEN2_MOE, QWEN3_MOE, MoEParts, Plan, moe_config, moe_write_plan
@@ -27,7 +28,6 @@ from modelglue.mixture.routers import (LinearRouter, accuracy, check_router_kind
                                        layer_input_features, prompt_features)
 
 LEVELS = ("model", "block", "ffn")
-FFN_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # -> Mixtral, Mixtral, Qwen2-MoE, Qwen3-MoE (moe_export.py)
 BLOCK_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # decoder blocks at model.layers, built as cls(config, idx)
 REPORT = "mixture_report.json"
 
@@ -131,12 +131,10 @@ def _split(examples: list[RouterExample]):
 
 
 def _load_tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except Exception as exc:  # no tokenizer files, or unreadable ones
-        raise ModelGlueError(f"{path}: cannot load a tokenizer ({str(exc).splitlines()[0][:120]})") from None
+    tokenizer = load_tokenizer(path)
+    if tokenizer is None:
+        raise ModelGlueError(f"{path}: cannot load a tokenizer (the directory has no tokenizer files)")
+    return tokenizer
 
 
 def _load_lm(path: Path):
@@ -386,13 +384,14 @@ def _fit_gates(kind: str, level: str, ckpts: list[Checkpoint], get, config: dict
     return gates
 
 
+# the experts an FFN-level MoE takes, and the architecture it writes for them (moe_export.py)
 FFN_LAYOUTS = {"llama": MIXTRAL, "mistral": MIXTRAL, "qwen2": QWEN2_MOE, "qwen3": QWEN3_MOE}
 
 
 def _build_ffn_level(paths: list[Path], names: list[str], out: Path, kind: str, examples: list[RouterExample],
                      base: Path | None, top_k: int, num_dense: int, gate_scale: float, seed: int,
                      shard_size: int | None) -> MixReport:
-    ckpts = _open_same_shape(paths, FFN_TYPES, "ffn")
+    ckpts = _open_same_shape(paths, tuple(FFN_LAYOUTS), "ffn")
     get, cfg, tok_dir = _shared_source(ckpts, base)
     depth = num_layers(cfg, ckpts[0].names())
     if num_dense > depth:

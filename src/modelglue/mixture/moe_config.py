@@ -11,7 +11,6 @@ each (and a near match).
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -19,14 +18,14 @@ from typing import Callable, Optional
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from modelglue.errors import ModelGlueError
+from modelglue.errors import ModelGlueError, warn
 from modelglue.io import Checkpoint, check_output_dir
 from modelglue.mixture.build import MixReport, write_moe
+from modelglue.engine.plan import TORCH_DTYPES as DTYPES  # the recipe dtype names
 from modelglue.mixture.moe_export import DEEPSEEK, MIXTRAL, QWEN2_MOE, QWEN3_MOE, MoELayout, MoEParts, \
     moe_config, moe_write_plan
 from modelglue.mixture.routers import MOE_GATE_MODES, moe_gate_vectors
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 # mergekit-moe's output architectures, in its order, with the names `architecture:` matches by prefix.
 ARCHITECTURES: list[tuple[str, MoELayout]] = [("Mixtral", MIXTRAL), ("DeepSeek MoE", DEEPSEEK),
                                               ("Qwen MoE", QWEN2_MOE), ("Qwen3 MoE", QWEN3_MOE)]
@@ -228,14 +227,18 @@ def _warn_degenerate(vecs: torch.Tensor, where: str) -> str | None:
     which = "every layer" if len(bad) == vecs.shape[0] else f"layer{'s' * (len(bad) > 1)} " + ", ".join(map(str, bad))
     line = (f"{where}: {which}: degenerate routing parameters (router rows nearly dependent; the prompts "
             "may be too similar): some experts will be underused")
-    print(f"warning: {line}", file=sys.stderr, flush=True)
+    warn(line)
     return line
 
 
-def _out_dtype(cfg: MoEConfig, base: dict) -> str | None:
+def _out_dtype(cfg: MoEConfig, base: dict, where: str) -> str | None:
     """config `dtype`, else the base's (mergekit's select_dtype)."""
     name = cfg.dtype or base.get("dtype") or base.get("torch_dtype")
-    return str(name).removeprefix("torch.") if name else None
+    name = str(name).removeprefix("torch.") if name else None
+    if name is not None and name not in DTYPES:  # only the base's can be: the config's is checked on load
+        raise ModelGlueError(f"{where}: the base model's dtype {name!r} is not one of {', '.join(DTYPES)}: "
+                             "set dtype: in the config")
+    return name
 
 
 def mix_moe_config(config: str | Path, out: str | Path, *, seed: int = 0, overwrite: bool = False,
@@ -255,7 +258,7 @@ def mix_moe_config(config: str | Path, out: str | Path, *, seed: int = 0, overwr
     torch.manual_seed(seed)  # what mergekit-moe --random-seed does before drawing gates and noise
     vecs, n_routed = _gates(cfg, inputs, depth, hidden)
     degenerate = _warn_degenerate(vecs, where)
-    dtype = _out_dtype(cfg, base_cfg)
+    dtype = _out_dtype(cfg, base_cfg, where)
     parts = MoEParts(ref_names=inputs.base.names(), shape=inputs.base.shape, dtype=inputs.base.dtype,
                      shared_get=inputs.base.get,
                      expert_mlp=[_expert_reader(c, e) for c, e in zip(inputs.experts, cfg.experts)],

@@ -51,7 +51,6 @@ QWEN3_MOE = MoELayout("qwen3_moe", "Qwen3MoeForCausalLM", "mlp",
 DEEPSEEK = MoELayout("deepseek", "DeepseekForCausalLM", "mlp",
                      (("up_proj", "up_proj"), ("gate_proj", "gate_proj"), ("down_proj", "down_proj")),
                      tensor_major=True, shared="shared_experts")
-LAYOUTS = {lay.model_type: lay for lay in (MIXTRAL, QWEN2_MOE, QWEN3_MOE, DEEPSEEK)}
 
 
 @dataclass

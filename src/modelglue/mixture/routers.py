@@ -374,13 +374,11 @@ def moe_gate_vectors(mode: str, base: str, prompts: list[tuple[list[str], list[s
     if mode == "uniform_random":
         bound = math.sqrt(1.0 / hidden)
         return torch.rand((num_layers, n, hidden)) * 2 * bound - bound
-    from transformers import AutoTokenizer
+    from modelglue.io.checkpoint import load_tokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(base)
-    except (OSError, ValueError) as exc:
-        raise ModelGlueError(f"{base}: cannot load the base model's tokenizer (the gates read the prompts "
-                             f"with it): {str(exc).splitlines()[0][:160]}") from None
+    tokenizer = load_tokenizer(base)  # the gates read the prompts with it
+    if tokenizer is None:
+        raise ModelGlueError(f"{base}: the base model has no tokenizer files (the gates read the prompts with it)")
     tokenizer.padding_side = "left"
     tokenizer.pad_token_id = tokenizer.bos_token_id
     if tokenizer.pad_token_id is None:
