@@ -303,3 +303,7 @@ def test_cli_runs_a_config_and_keeps_the_flags(zoo, tmp_path):
     res = CliRunner().invoke(main, ["mix", str(cfg), str(tmp_path / "o4"), "--top-k", "1"])
     assert res.exit_code != 0 and "--top-k goes with --level" in res.output  # never silently ignored
     assert not (tmp_path / "o4").exists()
+    res = CliRunner().invoke(main, ["mix", "--level", "ffn", str(e1), str(e2), "--router", "uniform",
+                                    "--out", str(tmp_path / "o5"), "--strict"])
+    assert res.exit_code != 0 and "--strict goes with a mergekit-moe CONFIG.yml" in res.output
+    assert not (tmp_path / "o5").exists()

@@ -410,8 +410,11 @@ def mix_cmd(level: str | None, experts_flag: bool, expert_dirs: tuple[Path, ...]
     from modelglue.mixture import mix
 
     if level is None:
-        _refuse_level_flags(click.get_current_context())
+        _refuse_flags(click.get_current_context(), LEVEL_ONLY_FLAGS, "goes with --level; a mergekit-moe config "
+                      "sets its own (gate_mode, experts_per_token, base_model: see docs/mixtures.md)")
         return _mix_moe_config(expert_dirs, out_dir, seed, _parse_size(shard_size), overwrite, strict, allow_all_same)
+    _refuse_flags(click.get_current_context(), ("strict", "allow_all_same"), "goes with a mergekit-moe CONFIG.yml, "
+                  "not with --level")
     if out_dir is None:
         raise ModelGlueError("give the output directory: --out DIR")
     experts = [Path(p) for d in expert_dirs for p in str(d).split(",") if p]
@@ -428,15 +431,17 @@ def mix_cmd(level: str | None, experts_flag: bool, expert_dirs: tuple[Path, ...]
                + (f" (train {rep.routing_accuracy_train:.3f})" if rep.routing_accuracy_train is not None else ""))
 
 
-def _refuse_level_flags(ctx: click.Context) -> None:
-    """A mergekit-moe config sets its own routing: flags of the --level interface would be ignored."""
-    level_only = ("experts_flag", "router", "router_data", "top_k", "base", "num_dense_layers", "pooling",
-                  "router_layer", "router_encoder")
+# A mergekit-moe config sets its own routing: these flags of the --level interface would be ignored.
+LEVEL_ONLY_FLAGS = ("experts_flag", "router", "router_data", "top_k", "base", "num_dense_layers", "pooling",
+                    "router_layer", "router_encoder")
+
+
+def _refuse_flags(ctx: click.Context, names: tuple[str, ...], why: str) -> None:
+    """Refuse flags given on the command line that this form of the command would ignore."""
     opts = {p.name: p.opts[0] for p in ctx.command.params}
-    for name in level_only:
+    for name in names:
         if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
-            raise ModelGlueError(f"{opts[name]} goes with --level; a mergekit-moe config sets its own "
-                                 "(gate_mode, experts_per_token, base_model: see docs/mixtures.md)")
+            raise ModelGlueError(f"{opts[name]} {why}")
 
 
 def _mix_moe_config(args: tuple[Path, ...], out_dir: Path | None, seed: int, shard_size: int, overwrite: bool,
