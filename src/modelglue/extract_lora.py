@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from modelglue.arch import tensor_role
-from modelglue.errors import ModelGlueError
+from modelglue.errors import ModelGlueError, warn
 from modelglue.io import Checkpoint, ShardedWriter, TensorSpec, atomic_output_dir, check_output_dir
 from modelglue.io.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX
 
@@ -171,7 +171,7 @@ def extract_lora(base: str | Path, tuned: str | Path, out_dir: str | Path, opts:
     config = adapter_config(str(base_ck.path), ranks, plan.modules_to_save, lora_bias=bool(biases))
     _write_adapter(Path(out_dir), factors, plan.saved, tuned_ck, config)
     for line in plan.warnings:
-        print(f"warning: {line}", file=sys.stderr, flush=True)
+        warn(line)
     return {"modules": len(modules), "rank": config["r"], "ranks": ranks, "errors": errors,
             "saved": plan.saved, "warnings": plan.warnings}
 

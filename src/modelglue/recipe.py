@@ -9,10 +9,8 @@ match wins; lookups go from the model's own parameters to the slice's to the rec
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from functools import partial
@@ -21,7 +19,8 @@ from typing import Any, Callable
 import yaml
 
 from modelglue.chat_templates import AUTO, jinja_problem, resolve_template
-from modelglue.errors import ModelGlueError
+from modelglue.errors import ModelGlueError, did_you_mean, warn
+from modelglue.io.paths import path_exists
 from modelglue.methods import REGISTRY, get_method
 from modelglue.tokenizer_spec import TokenizerSpec, parse_tokenizer
 
@@ -57,7 +56,6 @@ class Recipe:
     parameters: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None
     out_dtype: str | None = None
-    tokenizer_source: str | Path | None = None  # 'base', 'union', a model path, or None (the base / first model)
     tokenizer: TokenizerSpec | None = None  # tokenizer_source or the tokenizer: block; None: no vocabulary alignment
     raw: dict = field(default_factory=dict)  # the recipe as written, saved next to the output
     chat_template: str | None = None  # the template text, 'auto', or None: the output keeps the copied tokenizer's
@@ -88,10 +86,10 @@ def load_recipe(source: str | Path | dict, *, base_dir: Path | None = None, stri
     else:
         path = Path(source)
         text = None
-        if isinstance(source, str) and ("\n" in source or ":" in source) and not _exists(path):
+        if isinstance(source, str) and ("\n" in source or ":" in source) and not path_exists(path):
             text, where = source, "recipe"
         else:
-            if not _exists(path):
+            if not path_exists(path):
                 raise ModelGlueError(f"{path}: recipe file not found")
             try:
                 text = path.read_text()
@@ -127,25 +125,15 @@ class _Ignored:
 
     def add(self, what: str, name: str = "", known: Any = (), hint: str = "") -> None:
         """`what` names the thing and where it is; a near match of `name` in `known` is offered."""
-        close = difflib.get_close_matches(name, sorted(set(known) - {name}), n=3) if name else []
-        close.sort(key=lambda k: sorted(k) != sorted(name))  # a swap of letters first: 'modles' is 'models'
-        hint = hint or (f" (did you mean {close[0]!r}?)" if close else "")
+        hint = hint or (did_you_mean(name, known) if name else "")
         if self.strict:
             raise ModelGlueError(f"{self.where}: {what}{hint}; mergekit ignores this, and --strict refuses it")
         self.lines.append(f"{self.where}: {what}{hint}: ignored, as mergekit does")
 
     def flush(self) -> list[str]:
         for line in self.lines:
-            print(f"warning: {line}", file=sys.stderr, flush=True)
+            warn(line)
         return self.lines
-
-
-def _exists(path: Path) -> bool:
-    """Path.exists that says False (instead of raising) for names too long or with NUL bytes."""
-    try:
-        return path.exists()
-    except (OSError, ValueError):
-        return False
 
 
 class _RecipeLoader(yaml.SafeLoader):
@@ -413,7 +401,6 @@ def _validate(raw: dict, where: str, base_dir: Path | None, ignored: _Ignored) -
         raw=raw,
     )
     rec.tokenizer = parse_tokenizer(raw, where, path, rec.models())
-    rec.tokenizer_source = rec.tokenizer.source if rec.tokenizer else None
     rec.chat_template = _chat_template(raw.get("chat_template"), where, ignored)
     rec.warnings = ignored.flush()
     return rec
@@ -452,8 +439,7 @@ def _param_is_read(method: Any, name: str, key: str, per_model: bool, ignored: _
         # a leftover `density` after switching ties -> linear, a typo'd `densty`: near
         # matches among this method's parameters first, then any method's
         own = {p.name for p in method.params}
-        known = own if difflib.get_close_matches(name, sorted(own), n=1) else \
-            {p.name for m in REGISTRY.values() for p in m.params}
+        known = own if did_you_mean(name, own) else {p.name for m in REGISTRY.values() for p in m.params}
         ignored.add(f"{key}: parameter {name!r} is not used by {method.name!r}", name, known)
         return False
     if per_model and param.scope == "shared":

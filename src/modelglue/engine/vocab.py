@@ -26,7 +26,6 @@ and their rows are mergekit's.
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from functools import partial
@@ -36,7 +35,8 @@ from typing import Any, Callable
 import torch
 
 from modelglue.arch import tensor_role
-from modelglue.errors import ModelGlueError
+from modelglue.errors import ModelGlueError, warn
+from modelglue.io.checkpoint import load_tokenizer
 from modelglue.tokenizer_spec import TokenEntry, TokenizerSpec
 
 
@@ -92,21 +92,21 @@ def plan_vocab(spec: TokenizerSpec, models: list[Path], configs: list[dict], bas
     """The output tokenizer and every input's row permutation; reads tokenizers only."""
     ref = base if base is not None else 0
     sizes = [config_vocab_size(c) for c in configs]
-    base_tok = _load_tokenizer(models[ref])
+    base_tok = load_tokenizer(models[ref])
     if base_tok is None:
         raise ModelGlueError(f"{models[ref]}: no tokenizer to build the output vocabulary from "
                              f"(tokenizer_source needs the {'base' if base is not None else 'first'} model's)")
     base_tok = _stripped(base_tok, sizes[ref], models[ref])
     toks = {ref: base_tok}
     for i, m in enumerate(models):
-        if i != ref and (tok := _load_tokenizer(m)) is not None:
+        if i != ref and (tok := load_tokenizer(m)) is not None:
             toks[i] = tok
         elif i != ref:
-            print(f"warning: {m}: no tokenizer; assuming the vocabulary of {models[ref]}", file=sys.stderr)
+            warn(f"{m}: no tokenizer; assuming the vocabulary of {models[ref]}")
     own = {i: t.get_vocab() for i, t in toks.items()}  # (get_vocab rebuilds the dict each call: once each)
     vocabs = {i: own.get(i, own[ref]) for i in range(len(models))}
     if isinstance(spec.source, Path):
-        out = _load_tokenizer(spec.source)
+        out = load_tokenizer(spec.source)
         if out is None:
             raise ModelGlueError(f"tokenizer source {spec.source}: no tokenizer found there")
     elif spec.source == "base":
@@ -124,24 +124,6 @@ def plan_vocab(spec: TokenizerSpec, models: list[Path], configs: list[dict], bas
         rows += spec.pad_to_multiple_of - rows % spec.pad_to_multiple_of
     perms = {i: _permutation(vocab, vocabs[i], sizes[i]) for i in range(len(models))}
     return VocabPlan(out, vocab, rows, perms, vocabs, dict(spec.tokens), {m.resolve(): i for i, m in enumerate(models)})
-
-
-def _load_tokenizer(path: Path) -> Any:
-    """The model's tokenizer (fast when there is one), or None when it has none."""
-    from transformers import AutoTokenizer
-
-    from modelglue.io.lora import split_reference
-
-    lora = split_reference(path)
-    if lora is not None:  # MODEL+ADAPTER: the model's tokenizer (an adapter changes no vocabulary)
-        path = lora[0]
-    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
-        return None
-    try:
-        return AutoTokenizer.from_pretrained(str(path), use_fast=True, local_files_only=True)
-    except Exception as exc:  # transformers raises many kinds; the user needs one line
-        raise ModelGlueError(f"{path}: cannot load its tokenizer ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 def _stripped(tok: Any, size: int | None, path: Path) -> Any:
@@ -233,7 +215,7 @@ def _assign(vp: VocabPlan, models: tuple[int, ...], base: int | None, rows_in: l
     missing = torch.nonzero((count == 0) & ~configured[default_ids]).flatten().tolist()
     if missing:
         names = ", ".join(repr(id_to_token[int(default_ids[d])]) for d in missing[:5])
-        print(f"warning: {len(missing)} token(s) in no input model ({names}...): their rows are zero", file=sys.stderr)
+        warn(f"{len(missing)} token(s) in no input model ({names}...): their rows are zero")
     own = [torch.where(forced, -1, perm[p]) for p in range(len(models))]
     return _Assignment(own, default_ids, list(parts), (parts >= 0).sum(0).clamp(min=1))
 

@@ -17,7 +17,7 @@ import torch
 
 from modelglue.errors import ModelGlueError
 from modelglue.io.buffers import BufferPool
-from modelglue.io.lora import LoraAdapter, split_reference
+from modelglue.io.lora import LoraAdapter, model_directory, split_reference
 from modelglue.io.paths import check_outside_inputs, read_json_object
 from modelglue.io.safetensors_io import TensorInfo, map_tensor, read_header, read_tensor
 
@@ -227,11 +227,25 @@ def read_config(path: Path) -> dict:
     return read_json_object(cfg)
 
 
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a model directory (MODEL's for a MODEL+ADAPTER reference: an adapter
+    changes no vocabulary), from local files only; None when it has no tokenizer files."""
+    from transformers import AutoTokenizer
+
+    path = model_directory(path)
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # transformers raises many kinds; the user needs one line
+        first = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise ModelGlueError(f"{path}: cannot load its tokenizer ({type(exc).__name__}: {first})") from None
+
+
 def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
     """Copy tokenizer and generation-config files from a model directory."""
     copied = []
-    ref = split_reference(src)  # a LoRA reference: the model's tokenizer, as mergekit
-    src = ref[0] if ref else src
+    src = model_directory(src)  # a LoRA reference: the model's tokenizer, as mergekit
     for name in TOKENIZER_FILES + ("generation_config.json",):
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)

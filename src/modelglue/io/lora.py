@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from modelglue.errors import ModelGlueError
-from modelglue.io.paths import read_json_object
+from modelglue.errors import ModelGlueError, warn
+from modelglue.io.paths import path_exists, read_json_object
 from modelglue.io.safetensors_io import TensorInfo, read_header, read_tensor
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -65,7 +64,7 @@ def split_reference(path: str | Path) -> tuple[Path, Path] | None:
     the only '+'); a reference whose parts do not exist raises a one-line error.
     """
     text = str(path)
-    if "+" not in text or _exists(Path(text)):
+    if "+" not in text or path_exists(Path(text)):
         return None
     cuts = [i for i, c in enumerate(text) if c == "+"]
     for i in cuts:
@@ -82,13 +81,6 @@ def model_directory(path: str | Path) -> Path:
     `MODEL+ADAPTER` reference, else the path itself."""
     ref = split_reference(path)
     return ref[0] if ref else Path(path)
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except (OSError, ValueError):
-        return False
 
 
 def pattern_value(patterns: dict, module: str, default: float) -> float:
@@ -176,8 +168,7 @@ class LoraAdapter:
             have = shape_of(name)
             if have is None and tied and name.rsplit(".", 2)[-2] == "lm_head":
                 del self.updates[name]
-                print(f"warning: {self.path}: {name} ignored: model {model} ties it to its input embeddings",
-                      file=sys.stderr, flush=True)
+                warn(f"{self.path}: {name} ignored: model {model} ties it to its input embeddings")
                 continue
             if have is None:
                 raise ModelGlueError(f"LoRA adapter {self.path} changes tensor {name!r}, which model {model} does not have")
@@ -243,8 +234,8 @@ def _updates(path: Path, config: dict, infos: dict[str, TensorInfo]) -> dict[str
             updates.setdefault(name, []).append(update)
     unused = sum("bias" in found for found in parts.values()) if not config.get("lora_bias") else 0
     if unused:  # PEFT loads them into nothing (lora_B has no bias), so mergekit's merge lacks them too
-        print(f"warning: {path}: lora_B.bias of {unused} module(s) ignored, as PEFT does: "
-              "adapter_config.json does not set lora_bias", file=sys.stderr, flush=True)
+        warn(f"{path}: lora_B.bias of {unused} module(s) ignored, as PEFT does: "
+             "adapter_config.json does not set lora_bias")
     return updates
 
 

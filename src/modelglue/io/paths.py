@@ -25,6 +25,14 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
         raise
 
 
+def path_exists(path: Path) -> bool:
+    """Path.exists that says False (instead of raising) for names too long or with NUL bytes."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def read_json_object(path: Path) -> dict:
     """A JSON file that must hold an object (config.json, adapter_config.json): one-line errors."""
     try:

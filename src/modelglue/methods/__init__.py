@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from modelglue.errors import ModelGlueError
+from modelglue.errors import ModelGlueError, did_you_mean
 from modelglue.methods.basic import linear, model_stock, model_stock_prepare, passthrough, slerp, slerp_prepare
 from modelglue.methods.consensus import ram, ramplus_tl, sce
 from modelglue.methods.pairwise import arcee_fusion, nearswap
@@ -203,11 +203,7 @@ def get_method(name: str) -> MergeMethod:
     try:
         return REGISTRY[name]
     except KeyError:
-        import difflib
-
-        close = difflib.get_close_matches(str(name), REGISTRY, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ModelGlueError(f"unknown merge_method {name!r}{hint}; known: {', '.join(sorted(REGISTRY))}") from None
+        raise ModelGlueError(f"unknown merge_method {name!r}{did_you_mean(name, REGISTRY)}; known: {', '.join(sorted(REGISTRY))}") from None
 
 
 # ---------------------------------------------------------------- the methods
