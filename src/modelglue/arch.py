@@ -80,3 +80,11 @@ def group_by_layer(names: list[str]) -> tuple[list[str], dict[int, list[str]], l
         else:
             post.append(n)
     return pre, dict(sorted(layers.items())), post
+
+
+def config_vocab_size(config: dict) -> int | None:
+    """vocab_size from config.json (or its text_config)."""
+    for cfg in (config, config.get("text_config")):
+        if isinstance(cfg, dict) and isinstance(cfg.get("vocab_size"), int):
+            return cfg["vocab_size"]
+    return None

@@ -34,18 +34,10 @@ from typing import Any, Callable
 
 import torch
 
-from modelglue.arch import tensor_role
+from modelglue.arch import config_vocab_size, tensor_role
 from modelglue.errors import ModelGlueError, warn
 from modelglue.io.checkpoint import load_tokenizer
 from modelglue.tokenizer_spec import TokenEntry, TokenizerSpec
-
-
-def config_vocab_size(config: dict) -> int | None:
-    """vocab_size from config.json (or its text_config)."""
-    for cfg in (config, config.get("text_config")):
-        if isinstance(cfg, dict) and isinstance(cfg.get("vocab_size"), int):
-            return cfg["vocab_size"]
-    return None
 
 
 def is_vocab_tensor(name: str, shape: tuple[int, ...], config: dict) -> bool:

@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from modelglue.arch import num_layers, tensor_role
+from modelglue.arch import config_vocab_size, num_layers, tensor_role
 from modelglue.errors import ModelGlueError
 from modelglue.io import Checkpoint
 
@@ -117,13 +117,6 @@ def vocabulary(model_dir: Path) -> dict[str, int] | None:
     return out
 
 
-def _vocab_size(config: dict) -> int | None:
-    for cfg in (config, config.get("text_config") or {}):
-        if isinstance(cfg.get("vocab_size"), int):
-            return cfg["vocab_size"]
-    return None
-
-
 def _architecture(config: dict) -> tuple[str, str]:
     model_type = str(config.get("model_type") or "unknown")
     archs = config.get("architectures")
@@ -143,7 +136,7 @@ def fingerprint(ckpt: Checkpoint, name: str | None = None, path: str | None = No
         dtypes[str(ckpt.dtype(n)).removeprefix("torch.")] += math.prod(ckpt.shape(n))
     arch, model_type = _architecture(ckpt.config)
     hidden = ckpt.config.get("hidden_size") or ckpt.config.get("n_embd") or ckpt.config.get("d_model")
-    vocab_size = _vocab_size(ckpt.config)
+    vocab_size = config_vocab_size(ckpt.config)
     vocab = vocabulary(ckpt.path)
     return ModelFingerprint(
         path=path if path is not None else str(ckpt.path),
