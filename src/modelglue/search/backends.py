@@ -180,7 +180,6 @@ class RayBackend:
         ray = self.ray
         queue = list(jobs)
         attempts: dict[str, int] = {}
-        errors: dict[str, str] = {}
         lost = [0] * len(self._actors)  # deaths per actor: past max_restarts Ray gives up on it
         idle = list(range(len(self._actors)))
         pending: dict[Any, tuple[Job, int]] = {}  # ref -> (job, actor index)
@@ -219,20 +218,14 @@ class RayBackend:
                     lost[i] += 1
                     if lost[i] <= self.max_restarts:
                         probes[self._actors[i].pid.options(max_task_retries=-1).remote()] = i
-                what = "its worker was lost" if dead else f"{type(cause).__name__}: {cause}"
-                errors[job.key] = str(what).splitlines()[0] if str(what) else type(cause).__name__
+                error = "its worker was lost" if dead else f"{type(cause).__name__}: {cause}".splitlines()[0]
                 if attempts[job.key] < self.max_attempts:
                     queue.insert(0, job)  # to the next free worker
                 else:
-                    yield JobResult(job, {}, 0.0, f"ray-{i}", error=f"failed {self.max_attempts} times: "
-                                                                  f"{errors[job.key]}")
+                    yield JobResult(job, {}, 0.0, f"ray-{i}", error=f"failed {self.max_attempts} times: {error}")
                 continue
             idle.append(i)
             yield JobResult(job, scores, seconds, worker)
-
-    def worker_pids(self) -> list[int]:
-        """Process ids of the workers (for tests that kill one)."""
-        return self.ray.get([a.pid.remote() for a in self._actors])
 
     def close(self) -> None:
         for a in self._actors:

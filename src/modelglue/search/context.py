@@ -228,13 +228,10 @@ class SearchContext:
             return
         self._last_log = now
         elapsed = now - self._t0
-        eta = elapsed / self._cost * max(0.0, self.budget - self._cost)
+        eta = elapsed / self._cost * self.remaining
         best = max((r.fitness for r in self.history if r.candidate.feasible), default=float("nan"))
         self.log(f"{self._cost:.1f}/{self.budget:g} evaluations ({len(self.history)} full, {len(self.screened)} "
                  f"on subsets), best validation {best:.3f}, {elapsed:.0f}s elapsed, about {eta:.0f}s left")
-
-    def lookup(self, cand: Candidate, fraction: float = 1.0) -> Record | None:
-        return self._seen.get((cand.key, fraction))
 
     def close(self) -> None:
         self._progress_line(force=True)

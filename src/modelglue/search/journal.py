@@ -101,13 +101,11 @@ class Journal:
         return row
 
     def rows(self) -> list[JournalRow]:
-        out = []
-        for seq, key, split, recipe, params, scores, seconds, origin, worker, error in self.db.execute(
-                "SELECT seq, key, split, recipe, params, scores, seconds, origin, worker, error FROM scores "
-                "ORDER BY seq"):
-            out.append(JournalRow(seq, key, split, json.loads(recipe), json.loads(params), json.loads(scores),
-                                  seconds, origin, worker, error))
-        return out
+        rows = self.db.execute("SELECT seq, key, split, recipe, params, scores, seconds, origin, worker, error "
+                               "FROM scores ORDER BY seq")
+        return [JournalRow(seq, key, split, json.loads(recipe), json.loads(params), json.loads(scores), seconds,
+                           origin, worker, error)
+                for seq, key, split, recipe, params, scores, seconds, origin, worker, error in rows]
 
     def close(self) -> None:
         self.db.close()

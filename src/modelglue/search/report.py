@@ -81,18 +81,13 @@ def _json_safe(obj):
 
 def summary_table(result: "SearchResult", space: "SearchSpace") -> str:
     tasks = result.tasks
-    rows: list[tuple[str, "Record", "Record | None"]] = []
-    for label, (v, t) in result.baselines.items():
-        rows.append((label, v, t))
-    for i, (v, t) in enumerate(zip(result.front, result.front_test)):
-        rows.append((f"front[{i}]", v, t))
+    rows = [(label, v, t) for label, (v, t) in result.baselines.items()]
+    rows += [(f"front[{i}]", v, t) for i, (v, t) in enumerate(zip(result.front, result.front_test))]
     rows.append((f"best ({result.config.strategy})", result.best, result.best_test))
     short = [t if len(t) <= 10 else t[:9] + "~" for t in tasks]
     head = ["merge", "models"] + [f"val:{t}" for t in short] + ["val fit", "test mean"]
-    body = []
-    for label, v, t in rows:
-        body.append([label, str(v.candidate.nonzero())] + [f"{v.scores.get(k, float('nan')):.3f}" for k in tasks]
-                     + [f"{v.fitness:.3f}", "-" if _mean(t) is None else f"{_mean(t):.3f}"])
+    body = [[label, str(v.candidate.nonzero())] + [f"{v.scores.get(k, float('nan')):.3f}" for k in tasks]
+            + [f"{v.fitness:.3f}", "-" if _mean(t) is None else f"{_mean(t):.3f}"] for label, v, t in rows]
     widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
     fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
     lines = [fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in body]
@@ -118,11 +113,7 @@ def plot_convergence(result: "SearchResult", path: Path) -> str:
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12, alpha=0.6, color=f"C{k % 10}", label=m)
     pts = [(x, y) for x, y, r in zip(xs, ys, hist) if r.candidate.is_single]
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=18, marker="s", color="black", label="single model")
-    best, run = [], -np.inf
-    for y in ys:
-        run = max(run, y)
-        best.append(run)
-    ax.step(xs, best, where="post", color="crimson", label="best so far")
+    ax.step(xs, np.maximum.accumulate(np.array(ys, dtype=float)), where="post", color="crimson", label="best so far")
     singles = [v.fitness for k, (v, _) in result.baselines.items() if k.startswith("single:")]
     if singles:
         ax.axhline(max(singles), color="gray", ls="--", lw=1, label="best single model")

@@ -212,10 +212,8 @@ class SearchSpace:
             # A normalised linear merge ignores the scale of its weights: (0.3, 0.3) and
             # (0.5, 0.5) are the same model. Normalise first so they are the same candidate.
             rows = [[row[0] / total] for row in rows]
-        rounded = []
-        for groups in rows:
-            # +0.0 turns -0.0 into 0.0 so equal candidates hash equally
-            rounded.append(tuple(round(v, r) + 0.0 for v in groups))
+        # +0.0 turns -0.0 into 0.0 so equal candidates hash equally
+        rounded = [tuple(round(v, r) + 0.0 for v in groups) for groups in rows]
         if self.search_density and densities is None:
             densities = [0.5] * self.n
         lo, hi = self.density_range
@@ -225,11 +223,8 @@ class SearchSpace:
             lo, hi = self.lambda_range
             lam = round(min(max(float(1.0 if lambda_ is None else lambda_), lo), hi), r) + 0.0
         recipe = self._recipe(rounded, dens, lam)
-        feasible = recipe is not None
-        if recipe is None:
-            recipe = {}
-        return Candidate(tuple(rounded), dens, recipe, recipe_key(recipe, self.merge_seed) if feasible else "infeasible",
-                         origin, feasible, self.method, self.labels, lam)
+        key = recipe_key(recipe, self.merge_seed) if recipe is not None else "infeasible"
+        return Candidate(tuple(rounded), dens, recipe or {}, key, origin, recipe is not None, self.method, self.labels, lam)
 
     @property
     def normalizes(self) -> bool:
@@ -288,14 +283,12 @@ class SearchSpace:
             # layers between anchors interpolate, so positive anchors are enough
             if any(sum(w[g] for w in weights) <= 0 for g in range(self.layer_groups)):
                 return None
+        if not entries:  # all weights zero: no average; the base alone is a "single" candidate
+            return None
         if self._method.needs_base:
-            if not entries:
-                return None  # the base alone is a "single" candidate, not a merge of this method
             recipe: dict[str, Any] = {"merge_method": self.method, "base_model": self.base_path,
                                       "models": [{"model": self.base_path}] + entries}
         else:
-            if not entries:
-                return None  # all weights zero: a normalised average is undefined
             recipe = {"merge_method": self.method, "models": entries}
         parameters = dict(self.extra_parameters)
         if lam is not None:

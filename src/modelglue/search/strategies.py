@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from modelglue.errors import ModelGlueError
-from modelglue.search.context import Record, SearchContext
+from modelglue.search.context import FIDELITY_ETA, Record, SearchContext
 from modelglue.search.space import Candidate
 
 INFEASIBLE = 1e6  # CMA-ES minimises; only ranks matter, so any value above every real one works
@@ -45,7 +45,7 @@ def _average(ctx: SearchContext, kept: list[int], origin: str):
     return ctx.space.candidate(w, origin=origin)
 
 
-def _weights_of(ctx: SearchContext, rec: Record) -> np.ndarray:
+def _weights_of(rec: Record) -> np.ndarray:
     return np.array([np.mean(w) for w in rec.candidate.weights], dtype=float)
 
 
@@ -87,7 +87,7 @@ def heuristic_coefficient(ctx: SearchContext) -> None:
         recs = ctx.score(cands)
         best = recs[_by_fitness(recs)[0]]
         if best.fitness >= ctx.chosen.fitness:
-            ctx.chosen, current = best, _weights_of(ctx, best)
+            ctx.chosen, current = best, _weights_of(best)
 
 
 def heuristic_similarity(ctx: SearchContext) -> None:
@@ -178,10 +178,7 @@ PATIENCE = 4  # CMA-ES generations without a new best on the full split before a
 
 def _floor(ctx: SearchContext) -> dict[str, list[Record]]:
     """Every single model, scored on the full split; per method, aligned with its members."""
-    out = {}
-    for method, space in ctx.spaces.items():
-        out[method] = ctx.score([space.single(i) for i in range(space.n)])
-    return out
+    return {method: ctx.score([space.single(i) for i in range(space.n)]) for method, space in ctx.spaces.items()}
 
 
 def _structured_starts(space, order: list[int], rng: np.random.Generator) -> list:
@@ -216,8 +213,6 @@ def _best_first(records: list[Record], fitness: Callable[[Record], float]) -> li
 def _halving(ctx: SearchContext, cands: list[Candidate], fitness: Callable[[Record], float]) -> list[Record]:
     """Successive halving over ctx.rungs: score all on the smallest subset, promote the
     best 1/eta to the next, ... ; returns the full-split records, best first."""
-    from modelglue.search.context import FIDELITY_ETA
-
     pool = list({c.key: c for c in cands if c.feasible}.values())
     for k, fraction in enumerate(ctx.rungs):
         recs = ctx.score(pool, fraction=fraction)
@@ -230,8 +225,6 @@ def _halving(ctx: SearchContext, cands: list[Candidate], fitness: Callable[[Reco
 
 def _screen_cost(ctx: SearchContext) -> float:
     """Budget one start costs in successive halving, on average."""
-    from modelglue.search.context import FIDELITY_ETA
-
     return sum(f / FIDELITY_ETA ** k for k, f in enumerate(ctx.rungs))
 
 
@@ -241,7 +234,7 @@ def _starts(ctx: SearchContext, floor: dict[str, list[Record]], fitness: Callabl
     rng = np.random.default_rng(ctx.seed)
     per_method = []
     for method, space in ctx.spaces.items():
-        order = [i for i in sorted(range(space.n), key=lambda i: (-fitness(floor[method][i]), i))]
+        order = sorted(range(space.n), key=lambda i: (-fitness(floor[method][i]), i))
         if init == "screen":
             per_method.append(_structured_starts(space, order, rng))
         elif init == "uniform":
@@ -321,10 +314,8 @@ def cmaes(ctx: SearchContext) -> None:
         ctx.chosen = None  # the best of everything scored wins
         ctx.score([first])
         _run_cma(ctx, fit, first, ctx.seed, "cmaes")
-        restarts = [first]
     else:
         _starts(ctx, _floor(ctx), fit)
-        restarts = []
     for k in range(1, 100):  # restarts; the budget ends them (BudgetExhausted)
         leaders = _method_leaders(ctx, fit)
         if not leaders:
