@@ -82,14 +82,12 @@ def mix(level: str, experts: Sequence[str | Path], out: str | Path, *, router: s
         raise ModelGlueError(f"router {router!r} needs router data (--router-data FILE.jsonl)")
     torch.manual_seed(seed)
     if level == "model":
-        report = _build_model_level(paths, names, out, router, examples, router_layer, router_encoder, pooling, seed)
-    elif level == "block":
-        report = _build_block_level(paths, names, out, router, examples, base_path, top_k, num_dense_layers,
-                                    pooling, gate_scale, seed)
-    else:
-        report = _build_ffn_level(paths, names, out, router, examples, base_path, top_k, num_dense_layers,
-                                  gate_scale, seed, shard_size)
-    return report
+        return _build_model_level(paths, names, out, router, examples, router_layer, router_encoder, pooling, seed)
+    if level == "block":
+        return _build_block_level(paths, names, out, router, examples, base_path, top_k, num_dense_layers,
+                                  pooling, gate_scale, seed)
+    return _build_ffn_level(paths, names, out, router, examples, base_path, top_k, num_dense_layers,
+                            gate_scale, seed, shard_size)
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -122,12 +120,9 @@ def _label_unlabelled(examples: list[RouterExample], score_fns: list[Callable[[s
     return {"labelled_by_best_score": counts} if any(counts) else {}
 
 
-def _split(examples: list[RouterExample]):
-    pos = [e for e in examples if not e.negative]
-    neg = [e for e in examples if e.negative]
-    train = [e for e in pos if e.split == "train"]
-    test = [e for e in pos if e.split == "test"]
-    return pos, neg, train, test
+def _split(examples: list[RouterExample]) -> tuple[list[RouterExample], list[RouterExample]]:
+    """(examples for an expert, negative examples)."""
+    return [e for e in examples if not e.negative], [e for e in examples if e.negative]
 
 
 def _load_tokenizer(path: Path):
@@ -171,7 +166,7 @@ def _fit_prompt_router(kind: str, feats_of: Callable[[list[str]], torch.Tensor],
     report = MixReport(level="model", experts=[], router=kind, out="")
     if kind == "random" and not examples:
         return fit_random(dim, num_experts, seed), report
-    pos, neg, train, test = _split(examples)
+    pos, neg = _split(examples)
     all_feats = feats_of([e.prompt for e in pos])
     neg_feats = feats_of([e.prompt for e in neg]) if neg else None
     neg_labels = [e.expert for e in neg]
@@ -192,7 +187,7 @@ def _fit_prompt_router(kind: str, feats_of: Callable[[list[str]], torch.Tensor],
         r = fit(idx_train)
         report.routing_accuracy = accuracy(r, all_feats[idx_test], [labels[i] for i in idx_test])
         report.routing_accuracy_train = accuracy(r, all_feats[idx_train], [labels[i] for i in idx_train])
-    report.n_train, report.n_test = len(train), len(test)
+    report.n_train, report.n_test = len(idx_train), len(idx_test)
     final = fit(list(range(len(pos))))
     if not idx_test:
         report.routing_accuracy_train = accuracy(final, all_feats, labels)
@@ -350,7 +345,7 @@ def _fit_gates(kind: str, level: str, ckpts: list[Checkpoint], get, config: dict
             m = _load_lm(c.path)
             scorers.append(lambda p, comp, m=m: completion_logprob(m, tokenizer, p, comp))
         report.details.update(_label_unlabelled(examples, scorers))
-    pos, neg, train, test = _split(examples)
+    pos, neg = _split(examples)
     model = _feature_model(ckpts, get, config)
     where = "mlp" if level == "ffn" else "block"
     if kind == "embed":  # the same mean token embedding stands for every layer's input

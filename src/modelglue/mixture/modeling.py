@@ -13,6 +13,8 @@ tokenizer under tokenizers/<i>/ (such a mixture is driven through text: `text_lm
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from transformers import (AutoConfig, AutoModelForCausalLM, DynamicCache, GenerationMixin, PretrainedConfig,
@@ -21,7 +23,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from modelglue.errors import ModelGlueError
 from modelglue.mixture.configuration import BlockMixtureConfig, ModelMixtureConfig
-from modelglue.mixture.routers import POOLINGS, RouterHead, pool, positions, prompt_features
+from modelglue.mixture.routers import POOLINGS, RouterHead, encode, pool, positions, prompt_features
 
 
 def _sub_config(d: dict) -> PretrainedConfig:
@@ -159,8 +161,6 @@ class ModelMixtureForCausalLM(PreTrainedModel, GenerationMixin):
     def load_tokenizers(self, path: str | None = None) -> list:
         """Each expert's tokenizer, from the mixture directory (`path`, default the one
         this model was loaded from)."""
-        from pathlib import Path
-
         from transformers import AutoTokenizer
 
         root = Path(path or self.config._name_or_path or ".")
@@ -254,8 +254,6 @@ class MixtureTextLM:
     @torch.no_grad()
     def route(self, prompts: list[str], batch_size: int = 64) -> list[int]:
         """The expert chosen for each prompt."""
-        from modelglue.mixture.routers import encode
-
         tok = self.tokenizers[int(self.mixture.config.router.get("encoder", 0))]
         device = next(self.mixture.parameters()).device
         chosen: list[int] = []
@@ -322,20 +320,16 @@ class RoutedBlock(nn.Module):
         weights = torch.zeros_like(probs).scatter(-1, idx, top / top.sum(-1, keepdim=True))
         if cache is not None:
             if store is None:
-                store = {}
-                cache._modelglue_routes = store
+                store = cache._modelglue_routes = {}
             store[self.layer_idx] = weights
         return weights
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         weights = self.routing(hidden_states, cache)
-        side = None
-        if cache is not None:
-            side = getattr(cache, "_modelglue_side", None)
-            if side is None:
-                side = {}
-                cache._modelglue_side = side
+        side = None  # expert e > 0's KV cache, hung on the model's cache
+        if cache is not None and (side := getattr(cache, "_modelglue_side", None)) is None:
+            side = cache._modelglue_side = {}
         out = torch.zeros_like(hidden_states)
         for e in (weights > 0).any(0).nonzero().flatten().tolist():
             kw = dict(kwargs)
@@ -391,17 +385,15 @@ class BlockMixtureForCausalLM(PreTrainedModel, GenerationMixin):
                 use_cache: bool | None = None, **kwargs) -> CausalLMOutputWithPast:
         cache = cache if cache is not None else past_key_values
         ref = input_ids if input_ids is not None else inputs_embeds
-        mask = attention_mask
-        if mask is None:
-            mask = torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device)
+        mask = attention_mask if attention_mask is not None else torch.ones(ref.shape[:2], dtype=torch.long,
+                                                                             device=ref.device)
         if position_ids is None and (cache is None or cache.get_seq_length() == 0):
             # Left-padded prompts: count positions from each row's first real token, as the
             # experts saw them when the gates were fitted.
             position_ids = positions(mask)[:, -ref.shape[1]:]
         self._route_context["mask"] = mask[:, -ref.shape[1]:]
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
-                      inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache, **kwargs)
-        return out
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                       inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache, **kwargs)
 
 
 def register_models() -> None:

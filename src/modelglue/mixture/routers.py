@@ -231,8 +231,7 @@ def fit_centroid(feats: torch.Tensor, labels, num_experts: int, neg_feats: torch
     center = feats.mean(0)
     dirs = centroid_directions(feats, labels, num_experts, neg_feats,
                                None if neg_labels is None else _labels(neg_labels), center)
-    d = feats.shape[1]
-    return LinearRouter(dirs, torch.zeros(num_experts), center, torch.ones(d), normalize=True)
+    return LinearRouter(dirs, torch.zeros(num_experts), center, torch.ones(feats.shape[1]), normalize=True)
 
 
 def fit_random(dim: int, num_experts: int, seed: int = 0, center: torch.Tensor | None = None) -> LinearRouter:
@@ -344,10 +343,7 @@ class RouterHead(nn.Module):
         self.normalize = router.normalize
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        x = (feats.float() - self.center) / self.scale
-        if self.normalize:
-            x = F.normalize(x, dim=-1)
-        return x @ self.weight.T + self.bias
+        return LinearRouter.scores(self, feats)  # type: ignore[arg-type]  # the same fields, as buffers
 
 
 # ----------------------------------------------------------------------------- mergekit-moe gates
