@@ -21,7 +21,9 @@ Method (stdlib + git only; seconds):
 - Each later commit maps to the issue it served through ISSUE_OF, a table written by hand
   from the commit messages and the closing notes of `issues stops` (the message's first
   words beside each). A commit that serves two issues goes to the one its message leads
-  with. Commits that touch src/ and are missing from the table are listed at the end.
+  with. Commits after LAST_MAPPED that are not in the table count as issue 16 (they are
+  this issue's session; the report lists them); any other commit that touches src/ and is
+  missing from the table is listed as unmapped.
 - Blame counts a filing-time line that a later feature edited (a new argument, a longer
   message) as the feature's. The "edited" column estimates those lines: for each line a
   feature commit wrote, the hunk of that commit's diff (`git diff -U0 -w`) that holds it;
@@ -43,6 +45,9 @@ from typing import NamedTuple
 FILED = "5983d89"  # 2026-11-29 06:04 UTC: src/**/*.py holds the 8,855 lines issue 16 quotes
 FILED_LINES = 8855
 REFACTOR = 16  # this issue's commits rewrite; they are ignored by blame
+# Commits after the last one in ISSUE_OF (the session of 2026-12-03 evening works on
+# issue 16) count as issue 16 unless listed; the report names them.
+LAST_MAPPED = "e8e6a7b"
 
 # commit -> issue, for every commit after FILED that touches src/ (git log FILED..HEAD -- src)
 ISSUE_OF = {
@@ -187,6 +192,9 @@ class Attribution:
         short = list(ISSUE_OF)
         self.issue_of = dict(zip(git("rev-parse", *short).split(), ISSUE_OF.values()))
         self.later = set(git("rev-list", f"{FILED}..{rev}", "--", "src").split())
+        self.since_table = sorted(set(git("rev-list", f"{LAST_MAPPED}..{rev}", "--", "src").split())
+                                  - set(self.issue_of))
+        self.issue_of.update({c: REFACTOR for c in self.since_table})
         self.missing = sorted(self.later - set(self.issue_of))
         self.refactors = [c for c, i in self.issue_of.items() if i == REFACTOR and c in self.later]
 
@@ -265,6 +273,8 @@ def main() -> None:
         for path, counts in sorted(per_file.items()):
             print(f"| {path.removeprefix('src/modelglue/')} | {sum(counts.values())} | "
                   f"{filed_side(counts)} | {edited[path]} |")
+    if who.since_table:
+        print(f"\ncommits after {LAST_MAPPED} counted as issue 16: {' '.join(c[:7] for c in who.since_table)}")
     if who.missing:
         print(f"\nunmapped commits (add them to ISSUE_OF): {' '.join(c[:7] for c in who.missing)}")
 
