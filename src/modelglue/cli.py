@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -25,26 +26,23 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except click.UsageError as exc:  # bad option or argument: one line too, not usage + hint + error
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            click.echo(f"error: {exc.format_message()}", err=True)
-            ctx.exit(exc.exit_code)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except ModelGlueError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
-        except Exception as exc:  # a bug or an unforeseen input: still one line
-            if ctx.obj and ctx.obj.get("debug"):
+        except Exception as exc:
+            usage = isinstance(exc, click.UsageError)
+            if (ctx.obj and ctx.obj.get("debug")) or (isinstance(exc, click.ClickException) and not usage):
                 raise
-            click.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
-            ctx.exit(1)
+            if usage:  # bad option or argument: one line too, not usage + hint + error
+                message, code = exc.format_message(), exc.exit_code
+            elif isinstance(exc, ModelGlueError):
+                message, code = str(exc), exc.exit_code
+            else:  # a bug or an unforeseen input: still one line
+                message, code = f"{type(exc).__name__}: {exc} (run with --debug for the traceback)", 1
+            click.echo(f"error: {message}", err=True)
+            ctx.exit(code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -113,8 +111,6 @@ def _parse_size(text: str) -> int:
 def merge_cmd(recipe: Path, out_dir: Path, device: str, threads: int | None, shard_size: str, seed: int,
               allow_pickle: bool, overwrite: bool, fsync: bool, quiet: bool, strict: bool, exact: bool) -> None:
     """Merge models as RECIPE.yml (mergekit format) says, into OUT_DIR."""
-    import time
-
     from modelglue.merge import merge
 
     if threads is not None and threads < 1:
@@ -351,8 +347,6 @@ def search_cmd(models_flag: bool, model_dirs: tuple[Path, ...], base: Path | Non
 def zoo_analyze_cmd(model_dirs: tuple[Path, ...], base: Path | None, out_dir: Path | None, threshold: float,
                     method: str, allow_pickle: bool, no_plots: bool, quiet: bool) -> None:
     """Fingerprint, compare and cluster MODEL_DIR... (HF model directories, or a demo zoo root with zoo.json)."""
-    import time
-
     from modelglue.zoo import analyze_zoo
     from modelglue.zoo.report import summary_table
 
@@ -405,8 +399,6 @@ def mix_cmd(level: str | None, experts_flag: bool, expert_dirs: tuple[Path, ...]
             overwrite: bool, strict: bool, allow_all_same: bool) -> None:
     """Join expert models into one mixture: model-, block- or FFN-level, with a router;
     or run a mergekit-moe config unchanged: modelglue mix CONFIG.yml OUT."""
-    import time
-
     from modelglue.mixture import mix
 
     if level is None:
@@ -446,8 +438,6 @@ def _refuse_flags(ctx: click.Context, names: tuple[str, ...], why: str) -> None:
 
 def _mix_moe_config(args: tuple[Path, ...], out_dir: Path | None, seed: int, shard_size: int, overwrite: bool,
                     strict: bool, allow_all_same: bool) -> None:
-    import time
-
     from modelglue.mixture.moe_config import is_moe_config, mix_moe_config
 
     if out_dir is not None:

@@ -20,6 +20,7 @@ the evaluator's cache.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -231,13 +232,10 @@ def _join_notes(analysis) -> list[str]:
     """How groups that cannot merge directly are joined: after aligning vocabularies (glue
     tries a union-tokenizer merge of their cluster models, see `_aligned_merges`), or
     only by the mixture."""
-    notes = []
-    for fam in analysis.merge_levels()["after_alignment"]:
-        notes.append(f"groups {' + '.join(map(str, fam['groups']))} merge after aligning vocabularies "
-                     f"({'; '.join(fam['why'])})")
-    for m in analysis.merge_levels()["mix_only"]:
-        notes.append(f"groups {m['groups'][0]} and {m['groups'][1]}: mix only ({m['why']})")
-    return notes
+    levels = analysis.merge_levels()
+    return [f"groups {' + '.join(map(str, fam['groups']))} merge after aligning vocabularies ({'; '.join(fam['why'])})"
+            for fam in levels["after_alignment"]] + \
+        [f"groups {m['groups'][0]} and {m['groups'][1]}: mix only ({m['why']})" for m in levels["mix_only"]]
 
 
 class _ClusterMerges:
@@ -411,8 +409,6 @@ def _mix_clusters(cluster_entries: list[Entry], cfg: GlueConfig, out: Path, scor
 
 def _tokenizer_note(mixture_dir: Path) -> str:
     """Say so when the mixture's experts each read their own tokenizer (it is driven through text)."""
-    import json
-
     try:
         shared = json.loads((mixture_dir / "config.json").read_text()).get("shared_tokenizer", True)
     except (OSError, ValueError):
@@ -508,13 +504,12 @@ def _pareto(clusters: list[list[Path]], bases: list[Path], cfg: GlueConfig, out:
     if pair is None:
         log("pareto: no two tasks trade off inside the largest cluster; skipped")
         return None
-    task_spec = [t for t in _task_specs(cfg.tasks, pair)]
     budget = cfg.pareto_budget or round(2.5 * cfg.budget)
     log(f"pareto: cluster {k}, tasks {pair[0]} vs {pair[1]} (budget {budget})")
     from modelglue.search import search
 
-    res = search([str(m) for m in members], task_spec, out / "clusters" / f"cluster{k}" / "pareto", strategy="pareto",
-                 base=str(bases[k]), method=cfg.method, budget=budget, resume=True, seed=cfg.seed,
+    res = search([str(m) for m in members], _task_specs(cfg.tasks, pair), out / "clusters" / f"cluster{k}" / "pareto",
+                 strategy="pareto", base=str(bases[k]), method=cfg.method, budget=budget, resume=True, seed=cfg.seed,
                  limit=cfg.limit, progress=log.on, log=(lambda line: log(f"pareto: {line}")) if log.on else None)
     return {"cluster": f"cluster{k}", "tasks": pair, "dir": str(res.out_dir), "plot": str(res.out_dir / "pareto.png"),
             "front": [{"validation": v.scores, "test": t.scores if t else {}, "describe": v.candidate.describe(),

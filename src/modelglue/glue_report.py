@@ -20,15 +20,12 @@ KIND_COLOR = {"single": "#9aa5b1", "uniform-merge": "#f0b429", "merge-all": "#de
 
 def results_chart(results: dict, path: Path) -> Path:
     """Test mean of every entry as horizontal bars, the final model and best single highlighted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from matplotlib.figure import Figure  # the object API: no pyplot state, no display
     from matplotlib.patches import Patch
 
     entries = sorted(results["entries"], key=lambda e: e["test_mean"])
-    fig, ax = plt.subplots(figsize=(8, 0.34 * len(entries) + 1.6))
+    fig = Figure(figsize=(8, 0.34 * len(entries) + 1.6))
+    ax = fig.add_subplot()
     ax.barh([e["name"] for e in entries], [e["test_mean"] for e in entries],
             color=[KIND_COLOR.get(e["kind"], "#888") for e in entries])
     line = ax.axvline(results["best_single"]["test_mean"], color="#333", ls="--", lw=1)
@@ -42,7 +39,6 @@ def results_chart(results: dict, path: Path) -> Path:
     ax.set_title("Model-GLUE against its baselines (test split)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

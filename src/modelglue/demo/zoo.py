@@ -160,9 +160,8 @@ def build_demo_zoo(out_dir: str | Path, seed: int = 0, scale: str = "full", thre
 
     out_dir = Path(out_dir)
     specs = zoo_specs(scale)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not force:
-            raise ModelGlueError(f"output directory is not empty: {out_dir} (use --force to replace it)")
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise ModelGlueError(f"output directory is not empty: {out_dir} (use --force to replace it)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -12,6 +12,7 @@ none of them needs to know which kind of model it scores.
 """
 from __future__ import annotations
 
+from itertools import groupby
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -49,14 +50,8 @@ class HFTextLM:
         # One batch per run of requests sharing a context (a multiple-choice question):
         # a row's numbers then never depend on which other questions are scored with it.
         out: list[tuple[float, bool]] = []
-        start = 0
-        while start < len(requests):
-            end = start + 1
-            while end < len(requests) and requests[end][0] == requests[start][0]:
-                end += 1
-            out += continuation_scores(self.model, self.tokenizer, requests[start][0],
-                                       [c for _, c in requests[start:end]])
-            start = end
+        for context, run in groupby(requests, key=lambda r: r[0]):
+            out += continuation_scores(self.model, self.tokenizer, context, [c for _, c in run])
         return out
 
 
