@@ -23,13 +23,6 @@ from modelglue.evaluate.tasks import BUILTIN_TASKS, SPLITS, Task, load_tasks
 from modelglue.evaluate.textlm import HFTextLM, TextLM, text_lm
 
 
-def _require_lm_eval():
-    try:
-        import lm_eval  # noqa: F401
-    except ImportError:
-        raise ModelGlueError("lm-eval is not installed: pip install 'modelglue[lmeval]' (or lm-eval)") from None
-
-
 def lm_eval_name(task: str, split: str = "test") -> str:
     return f"modelglue_{task}" + ("_val" if split == "validation" else "")
 
@@ -93,8 +86,10 @@ def run_lm_eval(model, tokenizer, names: list[str], split: str = "test", limit: 
     """Score `model` (an in-memory Hugging Face causal LM) on lm-eval tasks. A built-in
     task name (e.g. "add") maps to the exported `modelglue_add` (or `_val`); any other
     name goes to lm-eval as is (its data must be available offline)."""
-    _require_lm_eval()
-    import lm_eval
+    try:
+        import lm_eval
+    except ImportError:
+        raise ModelGlueError("lm-eval is not installed: pip install 'modelglue[lmeval]' (or lm-eval)") from None
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 

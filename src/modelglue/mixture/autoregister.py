@@ -9,8 +9,8 @@ finishes executing and the models right after `...modeling_auto` does.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.abc
-import importlib.machinery
 import sys
 from typing import Callable
 
@@ -18,26 +18,14 @@ CONFIG_MODULE = "transformers.models.auto.configuration_auto"
 MODEL_MODULE = "transformers.models.auto.modeling_auto"
 
 
-def _register_configs() -> None:
-    if _being_imported("modelglue.mixture.configuration", "register_configs"):
-        return  # it registers itself when its import finishes
-    from modelglue.mixture.configuration import register_configs
-
-    register_configs()
-
-
-def _register_models() -> None:
-    if _being_imported("modelglue.mixture.modeling", "register_models"):
-        return
-    from modelglue.mixture.modeling import register_models
-
-    register_models()
-
-
-def _being_imported(module: str, attr: str) -> bool:
-    """True while `module` is half executed: importing it is what pulled transformers in."""
-    mod = sys.modules.get(module)
-    return mod is not None and not hasattr(mod, attr)
+def _register(module: str, function: str) -> Callable[[], None]:
+    """A callback that calls modelglue's `module.function()` (it registers the mixture types)."""
+    def callback() -> None:
+        mod = sys.modules.get(module)
+        if mod is not None and not hasattr(mod, function):
+            return  # half executed (importing it pulled transformers in): it registers itself when done
+        getattr(importlib.import_module(module), function)()
+    return callback
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
@@ -77,7 +65,8 @@ _hook = _AfterImport()
 
 def install() -> None:
     """Register now where transformers is loaded, else when it gets loaded (idempotent)."""
-    for module, callback in ((CONFIG_MODULE, _register_configs), (MODEL_MODULE, _register_models)):
+    for module, callback in ((CONFIG_MODULE, _register("modelglue.mixture.configuration", "register_configs")),
+                             (MODEL_MODULE, _register("modelglue.mixture.modeling", "register_models"))):
         if module in sys.modules:
             callback()
         else:
