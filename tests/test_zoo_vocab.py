@@ -125,3 +125,42 @@ def test_cli_prints_the_merge_levels(zoo, tmp_path):
                                     "--no-plots"])
     assert res.exit_code == 0, res.output
     assert "merge after aligning vocabularies" in res.output and "mix only" in res.output
+
+
+def test_each_tokenizer_json_is_read_once_per_analysis(zoo, monkeypatch):
+    """Real zoos carry 7-11 MB tokenizer.json files (Qwen, Llama-3): the fingerprint (its
+    vocabulary hash and size) and the group links (vocabularies compared) take them from
+    one read per model, with the same result as reading them separately."""
+    reads: list[str] = []
+    real_open = Path.open
+
+    def counting_open(self, *args, **kwargs):
+        if self.name == "tokenizer.json":
+            reads.append(self.parent.name)
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    res = analyze_zoo(list(zoo.values()), plots=False)
+    assert sorted(reads) == sorted(zoo)  # each model once, although four group pairs compare vocabularies
+    g = {n: _group(res, n) for n in ("llama2", "codellama", "shuffled")}
+    assert res.group_relation(g["llama2"], g["codellama"])[0] == ALIGN
+    assert res.group_relation(g["llama2"], g["shuffled"])[0] == MIX
+    assert {m.name: m.tokenizer_size for m in res.models} == {n: len(vocabulary(p)) for n, p in zoo.items()}
+
+
+def test_tokenizer_identity_ignores_the_files_key_order(tmp_path):
+    """The identity hashes the vocabulary, not the file: the same token -> id map written in
+    another order is the same tokenizer; one token moved to another id is not."""
+    from modelglue.zoo.fingerprint import read_tokenizer
+
+    def write(name: str, vocab: dict) -> Path:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "tokenizer.json").write_text(json.dumps(
+            {"model": {"type": "WordLevel", "vocab": vocab}, "added_tokens": [{"id": 3, "content": "<x>"}]}))
+        return tmp_path / name
+
+    a = read_tokenizer(write("a", {"p": 0, "q": 1, "r": 2}))
+    b = read_tokenizer(write("b", {"r": 2, "p": 0, "q": 1}))
+    c = read_tokenizer(write("c", {"p": 0, "q": 2, "r": 1}))
+    assert a.identity == b.identity != c.identity
+    assert a.vocab == b.vocab == {"p": 0, "q": 1, "r": 2, "<x>": 3}

@@ -15,7 +15,7 @@ from pathlib import Path
 from modelglue.errors import ModelGlueError
 from modelglue.io import Checkpoint, check_outside_inputs
 from modelglue.zoo.cluster import METHODS, Dendrogram, cluster
-from modelglue.zoo.fingerprint import ModelFingerprint, compatibility_groups, fingerprint, merge_relation, vocabulary
+from modelglue.zoo.fingerprint import ModelFingerprint, compatibility_groups, fingerprint, merge_relation, read_tokenizer
 from modelglue.zoo.result import ZooAnalysis
 from modelglue.zoo.similarity import DEFAULT_CHUNK_ELEMS, GroupSimilarity, group_similarity
 
@@ -58,7 +58,7 @@ def analyze_zoo(model_dirs: list[str | Path], base: str | Path | None = None, ou
     if out_dir is not None:
         check_outside_inputs(out_dir, paths)
     ckpts = [Checkpoint(p, allow_pickle=allow_pickle) for p in paths]
-    fps = [fingerprint(c, name=n, path=str(p)) for c, n, p in zip(ckpts, _display_names(paths), paths)]
+    fps, vocabs = _fingerprints(ckpts, paths)
     base_idx = next(i for i, p in enumerate(paths) if _same(Path(base), p)) if base is not None else None
     groups = compatibility_groups(fps)
     parts = _Clustering()
@@ -67,12 +67,24 @@ def analyze_zoo(model_dirs: list[str | Path], base: str | Path | None = None, ou
     result = ZooAnalysis(models=fps, groups=groups, clusters=parts.clusters, cluster_bases=parts.cluster_bases,
                          cluster_groups=parts.cluster_groups, similarity=parts.sims, dendrograms=parts.dendros,
                          method=method, threshold=threshold, base=base_idx, group_bases=parts.group_bases,
-                         group_links=group_links(groups, fps, paths))
+                         group_links=group_links(groups, fps, vocabs))
     if out_dir is not None:
         from modelglue.zoo.report import write_outputs  # lazy: matplotlib
 
         write_outputs(result, Path(out_dir), plots=plots)
     return result
+
+
+def _fingerprints(ckpts: list[Checkpoint], paths: list[Path]) -> tuple[list[ModelFingerprint], dict]:
+    """Each model's fingerprint, and the vocabulary of each distinct tokenizer (keyed by
+    its identity) for the group links: every tokenizer.json is parsed once, and one
+    vocabulary is kept per tokenizer, not per model."""
+    fps, vocabs = [], {}
+    for c, name, p in zip(ckpts, _display_names(paths), paths):
+        tok = read_tokenizer(c.path)
+        vocabs.setdefault(tok.identity, tok.vocab)
+        fps.append(fingerprint(c, name=name, path=str(p), tokenizer=tok))
+    return fps, vocabs
 
 
 def _model_paths(model_dirs: list[str | Path], base: str | Path | None) -> list[Path]:
@@ -130,24 +142,18 @@ class _Clustering:
             self.group_bases.append(self.cluster_bases[largest])
 
 
-def group_links(groups: list[list[int]], fps: list[ModelFingerprint], paths: list[Path]) -> list[dict]:
+def group_links(groups: list[list[int]], fps: list[ModelFingerprint],
+                vocabs: dict[str | None, dict[str, int] | None]) -> list[dict]:
     """For every pair of compatibility groups: whether they merge after aligning their
     vocabularies or can only be mixed, and why (compared on each group's first model;
-    a group shares one tokenizer and one tensor layout). Vocabularies are read only
-    for pairs whose tensor layouts agree."""
-    vocabs: dict[int, dict[str, int] | None] = {}
-
-    def vocab(i: int) -> dict[str, int] | None:
-        if i not in vocabs:
-            vocabs[i] = vocabulary(paths[i])
-        return vocabs[i]
-
+    a group shares one tokenizer and one tensor layout). `vocabs`: tokenizer identity ->
+    its vocabulary (`_fingerprints`); only pairs whose tensor layouts agree compare them."""
     links = []
     for a in range(len(groups)):
         for b in range(a + 1, len(groups)):
             fa, fb = fps[groups[a][0]], fps[groups[b][0]]
             same_layout = fa.architecture == fb.architecture and fa.layout and fa.layout == fb.layout
-            va, vb = (vocab(groups[a][0]), vocab(groups[b][0])) if same_layout else (None, None)
+            va, vb = (vocabs.get(fa.tokenizer), vocabs.get(fb.tokenizer)) if same_layout else (None, None)
             relation, reason = merge_relation(fa, fb, va, vb)
             links.append({"groups": [a, b], "relation": relation, "reason": reason})
     return links
