@@ -148,10 +148,8 @@ def evaluate_dir(model_dir: str | Path, tasks, split: str = "validation", limit:
     ours, lm = _split_spec(tasks)
     task_objs = load_tasks(ours, split) if ours else []
     fp = model_fingerprint(model_dir)
-    keyed = [(t, hashlib.sha256(json.dumps([CACHE_VERSION, fp, task_fingerprint(t), split, limit]).encode()).hexdigest())
-             for t in task_objs]
-    keyed += [(f"lm_eval:{n}", hashlib.sha256(json.dumps([CACHE_VERSION, fp, "lm_eval", n, split, limit]).encode()).hexdigest())
-              for n in lm]
+    key = lambda *what: hashlib.sha256(json.dumps([CACHE_VERSION, fp, *what, split, limit]).encode()).hexdigest()  # noqa: E731
+    keyed = [(t, key(task_fingerprint(t))) for t in task_objs] + [(f"lm_eval:{n}", key("lm_eval", n)) for n in lm]
     store = cache_dir() / "eval"
     per_task: dict[str, dict] = {}
     loaded = None

@@ -340,10 +340,7 @@ def _fit_gates(kind: str, level: str, ckpts: list[Checkpoint], get, config: dict
         return {l: fit_gate(kind, None, [], n_exp, hidden, gate_scale=gate_scale, seed=seed + l) for l in mixed}
     tokenizer = _load_tokenizer(tok_dir)
     if any(e.expert is None for e in examples):
-        scorers = []
-        for c in ckpts:
-            m = _load_lm(c.path)
-            scorers.append(lambda p, comp, m=m: completion_logprob(m, tokenizer, p, comp))
+        scorers = [lambda p, comp, m=_load_lm(c.path): completion_logprob(m, tokenizer, p, comp) for c in ckpts]
         report.details.update(_label_unlabelled(examples, scorers))
     pos, neg = _split(examples)
     model = _feature_model(ckpts, get, config)
