@@ -104,3 +104,38 @@ def test_auto_counts_stripped_templates_and_breaks_ties_by_order():
     assert auto_template([m / "ct_b", m / "ct_a"]) == b.strip()
     assert auto_template([m / "ct_a", m / "ct_b"]) == a.strip()
     assert auto_template([m / "ct_base", m / "ct_ft"]) is None
+
+
+def test_a_template_the_output_cannot_carry_is_an_ignored_key(tmp_path, capsys):
+    """A model without tokenizer files as the donor (no tokenizer keys): the output gets
+    no tokenizer, so `chat_template` changes nothing, as in mergekit. Like every key
+    mergekit ignores it is one line in Recipe.warnings (printed once), refused by strict=True and by
+    `modelglue merge --strict` (exit 2, one line naming the key, nothing written)."""
+    import shutil
+    import subprocess
+    import sys
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(GOLDEN / "models" / "ct_base" / name, bare / name)
+    rec = {"merge_method": "linear", "chat_template": "chatml",
+           "models": [{"model": str(bare), "parameters": {"weight": 1.0}},
+                      {"model": str(GOLDEN / "models" / "ct_ft"), "parameters": {"weight": 1.0}}]}
+    warnings = load_recipe(rec).warnings
+    assert len(warnings) == 1 and "chat_template: " in warnings[0] and str(bare) in warnings[0]
+    capsys.readouterr()
+    out = merge(rec, tmp_path / "out")
+    assert [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")] == [f"warning: {warnings[0]}"]
+    assert (out / "model.safetensors").is_file() and not (out / "chat_template.jinja").exists()
+    with pytest.raises(ModelGlueError, match=r"chat_template: .*--strict refuses it") as err:
+        load_recipe(rec, strict=True)
+    assert "\n" not in str(err.value)
+    # the donor is the base when there is one: a base with a tokenizer carries the template
+    assert load_recipe({**rec, "base_model": str(GOLDEN / "models" / "ct_ft")}).warnings == []
+    (tmp_path / "r.yml").write_text(json.dumps(rec))
+    p = subprocess.run([sys.executable, "-c", "from modelglue.cli import main; main()", "merge", tmp_path / "r.yml",
+                        tmp_path / "strict", "-q", "--strict"], capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "chat_template" in lines[0]
+    assert not (tmp_path / "strict").exists()

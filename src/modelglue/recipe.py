@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import yaml
 
-from modelglue.chat_templates import AUTO, jinja_problem, resolve_template
+from modelglue.chat_templates import AUTO, carries_template, jinja_problem, resolve_template
 from modelglue.errors import ModelGlueError, did_you_mean, warn
 from modelglue.io.paths import path_exists
 from modelglue.methods import REGISTRY, get_method
@@ -402,6 +402,9 @@ def _validate(raw: dict, where: str, base_dir: Path | None, ignored: _Ignored) -
     )
     rec.tokenizer = parse_tokenizer(raw, where, path, rec.models())
     rec.chat_template = _chat_template(raw.get("chat_template"), where, ignored)
+    donor = base or slices[0].sources[0].model  # whose tokenizer files the output copies
+    if rec.chat_template is not None and rec.tokenizer is None and not carries_template(donor):
+        ignored.add(f"chat_template: {donor} has no tokenizer files, so the output has no tokenizer to carry it")
     rec.warnings = ignored.flush()
     return rec
 

@@ -72,6 +72,13 @@ def jinja_problem(text: str) -> str | None:
     return None
 
 
+def carries_template(model_dir: Path) -> bool:
+    """Whether the tokenizer copied from a model directory can carry a chat template: it
+    has tokenizer files (a merge without tokenizer keys copies the donor's)."""
+    model_dir = model_directory(model_dir)  # MODEL+ADAPTER: the model's tokenizer
+    return any((model_dir / name).is_file() for name in ("tokenizer_config.json", "tokenizer.json", "tokenizer.model"))
+
+
 def model_template(model_dir: Path) -> str | None:
     """The default chat template transformers would load from a model directory: the
     .jinja files first, then tokenizer_config.json's `chat_template` (a string, a list

@@ -9,7 +9,6 @@ from pathlib import Path
 from modelglue.arch import layer_count_key, per_layer_config_keys
 from modelglue.chat_templates import AUTO, auto_template, write_template
 from modelglue.engine.plan import TORCH_DTYPE_NAMES, Plan
-from modelglue.errors import warn
 from modelglue.io import copy_tokenizer_files
 from modelglue.io.lora import model_directory
 from modelglue.recipe import recipe_to_yaml
@@ -68,15 +67,13 @@ def write_tokenizer(plan: Plan, out: Path) -> None:
 def write_chat_template(plan: Plan, out: Path) -> None:
     """The recipe's `chat_template` into the tokenizer just written, as mergekit's
     _set_chat_template: `auto` takes the inputs' most common template (none found: the
-    tokenizer keeps its own); an output without a tokenizer gets none (a warning)."""
+    tokenizer keeps its own); an output without a tokenizer gets none (the recipe's warnings said so)."""
     template = plan.recipe.chat_template
     if template == AUTO:
         template = auto_template(plan.recipe.models())
     if template is None:
         return
     if not any((out / name).is_file() for name in ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")):
-        warn("chat_template: the output has no tokenizer (its source has none), so the template is "
-             "not written, as in mergekit")
         return
     write_template(out, template)
 
