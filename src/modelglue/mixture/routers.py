@@ -268,11 +268,14 @@ def fit_logistic(feats: torch.Tensor, labels, num_experts: int, *, bias: bool = 
     return LinearRouter(w.detach(), b.detach(), center, scale, normalize=False)
 
 
-def accuracy(router: LinearRouter, feats: torch.Tensor, labels) -> float | None:
+def _hit_rate(scores: torch.Tensor, labels) -> float | None:
+    """Share of rows whose best-scoring expert is their label (None without rows)."""
     labels = _labels(labels)
-    if len(labels) == 0:
-        return None
-    return float((router.scores(feats).argmax(-1) == labels).float().mean())
+    return float((scores.argmax(-1) == labels).float().mean()) if len(labels) else None
+
+
+def accuracy(router: LinearRouter, feats: torch.Tensor, labels) -> float | None:
+    return _hit_rate(router.scores(feats), labels)
 
 
 # ----------------------------------------------------------------------------- gates
@@ -319,10 +322,7 @@ def fit_gate(kind: str, feats: torch.Tensor | None, labels, num_experts: int, hi
 
 
 def gate_accuracy(gate: torch.Tensor, feats: torch.Tensor, labels) -> float | None:
-    labels = _labels(labels)
-    if len(labels) == 0:
-        return None
-    return float(((feats.float() @ gate.T).argmax(-1) == labels).float().mean())
+    return _hit_rate(feats.float() @ gate.T, labels)
 
 
 class RouterHead(nn.Module):

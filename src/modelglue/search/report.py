@@ -119,9 +119,8 @@ def plot_convergence(result: "SearchResult", path: Path) -> str:
         ax.axhline(max(singles), color="gray", ls="--", lw=1, label="best single model")
     if "uniform" in result.baselines:
         ax.axhline(result.baselines["uniform"][0].fitness, color="gray", ls=":", lw=1, label="uniform merge")
-    ax.set_xlabel("candidates scored on the full validation split")
-    ax.set_ylabel("validation fitness")
-    ax.set_title(f"{result.config.strategy} ({result.config.method})")
+    ax.set(xlabel="candidates scored on the full validation split", ylabel="validation fitness",
+           title=f"{result.config.strategy} ({result.config.method})")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path)
@@ -148,8 +147,7 @@ def plot_front(result: "SearchResult", path: Path) -> str:
                    color="black" if k.startswith("single:") else "C2")
         ax.annotate(k.split(":", 1)[-1], (v.scores[t0], v.scores[t1]), fontsize=7, xytext=(3, -9),
                     textcoords="offset points")
-    ax.set_xlabel(f"{t0} (validation)")
-    ax.set_ylabel(f"{t1} (validation)")
+    ax.set(xlabel=f"{t0} (validation)", ylabel=f"{t1} (validation)")
     ax.set_title("Pareto front (numbers: models with non-zero weight)", fontsize=9)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
