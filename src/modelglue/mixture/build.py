@@ -252,10 +252,8 @@ def _router_features(encoder, tokenizer, features: str, router_layer: int | None
         dim = encoder.config.get_text_config().hidden_size
 
     def feats_of(prompts: list[str]) -> torch.Tensor:
-        chunks = []
-        for s in range(0, len(prompts), 64):
-            ids_, mask = encode(tokenizer, prompts[s:s + 64])
-            chunks.append(prompt_features(encoder, ids_, mask, features, layer, pooling))
+        chunks = [prompt_features(encoder, *encode(tokenizer, prompts[s:s + 64]), features, layer, pooling)
+                  for s in range(0, len(prompts), 64)]
         return torch.cat(chunks) if chunks else torch.zeros(0, dim)
 
     return feats_of, layer, dim
