@@ -1,6 +1,8 @@
 """Each merge method against its formula, computed independently in numpy (float64)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -202,18 +204,28 @@ def test_magnitude_cut_matches_a_stable_sort(values):
 
 
 @pytest.mark.parametrize("descending", [True, False])
-def test_argsort_range_mask_is_torch_argsort(descending):
-    from modelglue.methods.task_vectors import argsort_range_mask
+def test_argsort_prefix_is_torch_argsort(descending):
+    """The O(n) emulation keeps exactly the entries torch.argsort puts at [lo, hi):
+    heavy ties, few ties, zeros, infinities, tiny and 16-entry blocks, bfloat16 magnitudes."""
+    from modelglue.methods.task_vectors import argsort_prefix, argsort_prefix_mask
 
     g = torch.Generator().manual_seed(7)
-    mags = torch.randint(0, 50, (20_000,), generator=g).float()
-    copy = mags.clone()
-    order = torch.argsort(mags, descending=descending)
-    for lo, hi in [(0, 1), (0, 7_777), (123, 15_000), (0, 20_000)]:
-        expected = torch.zeros(20_000, dtype=torch.bool)
-        expected[order[lo:hi]] = True
-        assert torch.equal(argsort_range_mask(mags, lo, hi, descending), expected)
-    assert torch.equal(mags, copy)
+    cases = [torch.randint(0, 50, (20_000,), generator=g).float(),
+             (torch.randn(300_000, generator=g) * 0.02).bfloat16().abs().float(),
+             torch.randn(50_000, generator=g).abs(),
+             torch.cat([torch.zeros(999), torch.full((77,), math.inf), torch.ones(1000)])]
+    cases += [torch.randint(0, int(levels), (int(n),), generator=g).float()
+              for n, levels in torch.randint(1, 3000, (60, 2), generator=g)]
+    for mags in cases:
+        n, copy = mags.numel(), mags.clone()
+        order = torch.argsort(mags, descending=descending)
+        for k in {0, 1, n // 3, n // 2, n - n // 7, n}:
+            expected = torch.zeros(n, dtype=torch.bool)
+            expected[order[:k]] = True
+            assert torch.equal(argsort_prefix(mags, k, descending), expected), (n, k)
+            keys = (mags if descending else -mags).numpy().copy()  # the emulation itself (argsort_prefix
+            assert np.array_equal(argsort_prefix_mask(keys, k), expected.numpy()), (n, k)  # falls back to a sort)
+        assert torch.equal(mags, copy)
 
 
 def test_dare_mask_is_the_same_whole_or_in_slices():

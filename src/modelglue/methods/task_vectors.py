@@ -19,6 +19,7 @@ function prepares its keeps itself.
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import math
@@ -27,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 PREPARE_BYTES = 5 << 29  # memory for task vectors prepared at once (see prepare_keeps)
@@ -83,18 +85,67 @@ def magnitude_cut(mags: torch.Tensor, p: int) -> tuple[Cut, bool]:
     raise AssertionError("unreachable: kthvalue saw more entries equal to its value")
 
 
-def argsort_range_mask(mags: torch.Tensor, lo: int, hi: int, descending: bool) -> torch.Tensor:
-    """The entries at positions [lo, hi) of torch.argsort(mags, descending), as a bool
+def argsort_prefix(mags: torch.Tensor, k: int, descending: bool) -> torch.Tensor:
+    """The entries at the first k positions of torch.argsort(mags, descending), as a bool
     mask: mergekit's choice among equal magnitudes (its TIES keeps the first k of a
-    descending argsort, breadcrumbs [lo, hi) of an ascending one). A full CPU sort,
-    single-threaded, 12 bytes an entry beside mags (which it leaves unchanged)."""
-    n = mags.numel()
-    values, order = mags.clone(), torch.empty(n, dtype=torch.int64, device=mags.device)
-    torch.sort(values, descending=descending, out=(values, order))
-    del values
-    mask = torch.zeros(n, dtype=torch.bool, device=mags.device)
-    mask[order[lo:hi]] = True
+    descending argsort, breadcrumbs a range of an ascending one). Leaves mags unchanged."""
+    keys = mags if descending else -mags  # an ascending sort makes the same moves on -mags
+    if keys.device.type == "cpu" and keys.dtype == torch.float32 and not keys.isnan().any() and _follows_torch_sort():
+        mask = argsort_prefix_mask(keys.numpy().copy(), k)
+        if mask is not None:
+            return torch.from_numpy(mask)
+    mask = torch.zeros(mags.numel(), dtype=torch.bool, device=mags.device)
+    mask[torch.argsort(keys, descending=True)[:k]] = True
     return mask
+
+
+def argsort_prefix_mask(vals: np.ndarray, k: int) -> np.ndarray | None:
+    """Which entries of `vals` (float32, no NaN; overwritten) the first k positions of
+    torch.argsort(vals, descending=True) hold on a CPU, in O(n) instead of a sort's
+    O(n log n); None where std::sort would turn to heapsort (not followed here).
+
+    torch sorts there with libstdc++'s std::sort, an introsort whose partitions decide
+    where equal values land. Whether an entry ends in the first k depends only on the
+    partitions that contain position k, so this runs those as std::sort does (the median
+    of entries 1, mid and last is swapped to the front as pivot p; a left scan stops at
+    v <= p, a right scan at v >= p, and they swap until they cross) and drops the other
+    side; std::sort ends by insertion-sorting (stably) blocks of 16 or fewer."""
+    mask = np.zeros(len(vals), dtype=bool)
+    idx = np.arange(len(vals), dtype=np.int32 if len(vals) < 2**31 else np.int64)
+    depth = 2 * (len(vals).bit_length() - 1)
+    while len(vals) > 16 and 0 < k < len(vals):
+        if depth == 0:
+            return None
+        depth -= 1
+        m = len(vals)
+        a, b, c = vals[1], vals[m // 2], vals[m - 1]
+        s = (m // 2 if b > c else m - 1 if a > c else 1) if a > b else (1 if a > c else m - 1 if b > c else m // 2)
+        vals[[0, s]], idx[[0, s]] = vals[[s, 0]], idx[[s, 0]]
+        left_stops = np.flatnonzero(vals <= vals[0])[1:]  # [0] is the pivot itself
+        right_stops = np.flatnonzero(vals >= vals[0])[:0:-1]
+        swaps = bisect.bisect_left(range(min(len(left_stops), len(right_stops))), True,
+                                   key=lambda t: left_stops[t] >= right_stops[t])  # pairs that cross
+        cut = min(left_stops[swaps] if swaps < len(left_stops) else m, right_stops[swaps - 1] if swaps else m)
+        left, right = left_stops[:swaps], right_stops[:swaps]
+        if k < cut:  # follow the left part
+            vals[left], idx[left] = vals[right], idx[right]
+            vals, idx = vals[:cut], idx[:cut]
+        else:  # the left part is all in the first k: follow the right part
+            idx[left], idx[right] = idx[right], idx[left]
+            mask[idx[:cut]] = True
+            vals[right] = vals[left]
+            vals, idx, k = vals[cut:], idx[cut:], k - cut
+    mask[idx[np.argsort(-vals, kind="stable")[:k]]] = True
+    return mask
+
+
+@functools.cache
+def _follows_torch_sort() -> bool:
+    """Whether argsort_prefix_mask agrees with this torch's CPU sort (it emulates one)."""
+    keys = torch.randint(0, 9, (4099,), generator=torch.Generator().manual_seed(0)).float()
+    expected = torch.zeros(4099, dtype=torch.bool)
+    expected[torch.argsort(keys, descending=True)[:1500]] = True
+    return bool(np.array_equal(argsort_prefix_mask(keys.numpy().copy(), 1500), expected.numpy()))
 
 
 # ---------------------------------------------------------------- sparsifiers as keep rules
@@ -218,10 +269,11 @@ def _magnitude_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: tor
         lo = max(0, n - kept - n_top)
         hi = lo + kept
     (low, low_tied), (high, high_tied) = magnitude_cut(mags, lo), magnitude_cut(mags, hi)
-    if tie_order == "sort" and (low_tied or high_tied):
-        descending = sparsify == "magnitude"
-        keep = Keep(explicit=argsort_range_mask(mags, 0, n - lo, True) if descending
-                    else argsort_range_mask(mags, lo, hi, False))
+    if tie_order == "sort" and sparsify == "magnitude" and low_tied:
+        keep = Keep(explicit=argsort_prefix(mags, n - lo, descending=True))
+    elif tie_order == "sort" and (low_tied or high_tied):  # [lo, hi) of an ascending sort
+        below_hi = argsort_prefix(mags, hi, descending=False) if high_tied else high.below(mags, 0)
+        keep = Keep(explicit=below_hi & ~(argsort_prefix(mags, lo, descending=False) if low_tied else low.below(mags, 0)))
     else:
         keep = Keep(low=low, high=high if hi < n else None)
     if rescale == "l1":  # match the L1 norm of the whole task vector, summed as mergekit does
@@ -246,8 +298,8 @@ def prepare_keeps(read: Callable[[int, int, int], torch.Tensor], n: int, dtype: 
             for i in range(len(density))]
     # Task vectors are independent and torch releases the GIL: prepare several at once, as
     # many as cores and PREPARE_BYTES allow. One takes 4 bytes an entry for |d|, 4 more for
-    # kthvalue's copy, or 13 more to sort at an ambiguous cut (argsort_range_mask).
-    workers = min(len(jobs), os.cpu_count() or 1, max(1, PREPARE_BYTES // (17 * max(1, n))))
+    # kthvalue's copy, or about 13 more (up to 25 where all are tied) at an ambiguous cut (argsort_prefix).
+    workers = min(len(jobs), os.cpu_count() or 1, max(1, PREPARE_BYTES // (21 * max(1, n))))
     if workers <= 1:
         return [job() for job in jobs]
     with ThreadPoolExecutor(workers, thread_name_prefix="modelglue-prepare") as pool:
@@ -263,7 +315,7 @@ def _whole(delta: torch.Tensor, sparsify: str, density: float, rescale: str | No
 def magnitude(delta: torch.Tensor, density: float, rescale: str | None = None, tie_order: str = "sort") -> torch.Tensor:
     """TIES trim: keep the top `density` fraction of entries by magnitude (at least one).
     Where equal non-zero magnitudes straddle the cut, tie_order 'sort' keeps the ones
-    mergekit's argsort keeps (bit-exact parity, at the cost of a full sort); 'index'
+    mergekit's argsort keeps (bit-exact parity; argsort_prefix, O(n)); 'index'
     keeps the highest-index ones (O(n): magnitude_cut)."""
     return _whole(delta, "magnitude", density, rescale, tie_order=tie_order)
 
