@@ -27,40 +27,92 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (AfterValidator, BeforeValidator, Field, StrictBool, StrictInt, TypeAdapter, ValidationError,
+                      ValidationInfo)
 
-from modelglue.errors import ModelGlueError
+from modelglue.errors import ModelGlueError, did_you_mean
 from modelglue.io.paths import check_outside_inputs
 
-CONFIG_KEYS = {
-    "models", "tasks", "budget", "limit", "test_limit", "strategies", "method", "routers", "threshold",
-    "cluster_method", "seed", "base", "baselines", "layer_groups", "pareto", "pareto_budget",
-}
+
+def _positive(value: int, info: ValidationInfo) -> int:
+    if value < 1:
+        raise ValueError(f"{info.field_name} must be a positive integer")
+    return value
+
+
+def _strategies(names: list[str]) -> list[str]:
+    from modelglue.search.strategies import STRATEGIES
+
+    for name in names:
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown strategy {name!r}{did_you_mean(name, STRATEGIES)} "
+                             f"(known: {', '.join(sorted(STRATEGIES))})")
+    return names
+
+
+def _method(name: str) -> str:
+    from modelglue.methods import get_method
+
+    if name != "auto":
+        try:
+            get_method(name)
+        except ModelGlueError as exc:  # an unknown method: its one-line error, with a near match
+            raise ValueError(f"method: {exc}") from None
+    return name
+
+
+def _near_zoo_file(p: Path, info: ValidationInfo) -> Path:
+    """A relative path is the working directory's if it exists there, else ZOO.yml's folder's."""
+    p = p.expanduser()
+    return p if p.is_absolute() or p.exists() or info.context is None else info.context / p
+
+
+def _tasks(tasks: list[str], info: ValidationInfo) -> list[str]:
+    return [str(_near_zoo_file(Path(t), info)) if t.endswith(".jsonl") else t for t in tasks]
+
+
+def _model_dirs(dirs: list[Path]) -> list[Path]:
+    from modelglue.zoo import expand_model_dirs
+
+    return [Path(m) for m in expand_model_dirs(dirs)]
+
+
+_split = BeforeValidator(lambda v: [s.strip() for s in v.split(",")] if isinstance(v, str) else v)  # 'a, b'
+Positive = Annotated[StrictInt, AfterValidator(_positive)]
+ZooPath = Annotated[Path, AfterValidator(_near_zoo_file)]
 
 
 @dataclass
 class GlueConfig:
-    models: list[Path]
-    tasks: list[str]
+    """The settings of a Model-GLUE run: ZOO.yml's keys (all fields but out_dir), checked
+    by pydantic against these annotations (`load_glue_config`)."""
+
+    models: Annotated[list[ZooPath], BeforeValidator(lambda v: v if isinstance(v, list) else [v]),
+                      Field(min_length=1), AfterValidator(_model_dirs)]
+    tasks: Annotated[list[str], _split, Field(min_length=1), AfterValidator(_tasks)]
     out_dir: Path
-    budget: int = 24  # full-validation evaluations per search, per cluster
-    limit: int | None = 100  # validation examples per task (search and selection)
-    test_limit: int | None = None  # test examples per task (reporting)
-    strategies: list[str] = field(default_factory=lambda: ["heuristic-average", "cmaes"])
-    method: str = "auto"  # auto: choose among linear, task_arithmetic, ties, dare_ties, ... per cluster
-    routers: list[str] = field(default_factory=lambda: ["hidden", "trained"])
-    threshold: float = 0.95
-    cluster_method: str = "hierarchical"
-    seed: int = 0
-    base: Path | None = None
-    baselines: bool = True  # also build the merge-everything and FFN-MoE baselines
-    layer_groups: int = 1
-    pareto: bool = True  # a Pareto front of the largest cluster on its two most trading-off tasks
+    budget: Positive = 24  # full-validation evaluations per search, per cluster
+    limit: Positive | None = 100  # validation examples per task (search and selection)
+    test_limit: Positive | None = None  # test examples per task (reporting)
+    strategies: Annotated[list[str], _split, AfterValidator(_strategies)] = \
+        field(default_factory=lambda: ["heuristic-average", "cmaes"])
+    # auto: choose among linear, task_arithmetic, ties, dare_ties, ... per cluster
+    method: Annotated[str, AfterValidator(_method)] = "auto"
+    routers: Annotated[list[Literal["hidden", "embed", "trained", "random"]], _split] = \
+        field(default_factory=lambda: ["hidden", "trained"])
+    threshold: Annotated[float, Field(ge=-1, le=1)] = 0.95
+    cluster_method: Literal["hierarchical", "paper"] = "hierarchical"
+    seed: StrictInt = 0
+    base: ZooPath | None = None
+    baselines: StrictBool = True  # also build the merge-everything and FFN-MoE baselines
+    layer_groups: Positive = 1
+    pareto: StrictBool = True  # a Pareto front of the largest cluster on its two most trading-off tasks
     # its budget: a front needs a short run per task weighting, more than one best merge
     # does (default 2.5 x budget: 60 for the default 24)
-    pareto_budget: int | None = None
+    pareto_budget: Positive | None = None
 
 
 def load_glue_config(path: str | Path, out_dir: str | Path, **overrides: Any) -> GlueConfig:
@@ -76,59 +128,20 @@ def load_glue_config(path: str | Path, out_dir: str | Path, **overrides: Any) ->
         raise ModelGlueError(f"{path}: YAML syntax error{at}") from None
     if not isinstance(raw, dict):
         raise ModelGlueError(f"{path}: expected a mapping with 'models' and 'tasks'")
-    unknown = sorted(set(raw) - CONFIG_KEYS)
-    if unknown:
-        raise ModelGlueError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(CONFIG_KEYS))})")
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    for key in ("models", "tasks"):
-        if not raw.get(key):
-            raise ModelGlueError(f"{path}: missing key {key!r}")
-    base_dir = path.parent
-
-    def resolve(p: Any, key: str) -> Path:
-        if not isinstance(p, (str, Path)):
-            raise ModelGlueError(f"{path}: {key}: expected a path, got {p!r}")
-        q = Path(p).expanduser()
-        return q if q.is_absolute() or q.exists() else base_dir / q
-
-    models = raw["models"] if isinstance(raw["models"], list) else [raw["models"]]
-    from modelglue.zoo import expand_model_dirs
-
-    model_dirs = expand_model_dirs([resolve(m, "models") for m in models])
-    tasks = raw["tasks"] if isinstance(raw["tasks"], list) else str(raw["tasks"]).split(",")
-    tasks = [str(resolve(t, "tasks")) if str(t).endswith(".jsonl") else str(t) for t in tasks]
-    cfg = GlueConfig(models=[Path(m) for m in model_dirs], tasks=tasks, out_dir=Path(out_dir))
-    for key in CONFIG_KEYS - {"models", "tasks"}:
-        if key in raw and raw[key] is not None:
-            value = raw[key]
-            if key == "base":
-                value = resolve(value, "base")
-            elif key in ("strategies", "routers") and isinstance(value, str):
-                value = [v.strip() for v in value.split(",")]
-            setattr(cfg, key, value)
-    _check_config(cfg, str(path))
-    return cfg
-
-
-def _check_config(cfg: GlueConfig, where: str) -> None:
-    from modelglue.methods import get_method
-    from modelglue.search.strategies import STRATEGIES
-
-    if not isinstance(cfg.budget, int) or cfg.budget < 1:
-        raise ModelGlueError(f"{where}: budget must be a positive integer")
-    if cfg.pareto_budget is not None and (not isinstance(cfg.pareto_budget, int) or cfg.pareto_budget < 1):
-        raise ModelGlueError(f"{where}: pareto_budget must be a positive integer")
-    for s in cfg.strategies:
-        if s not in STRATEGIES:
-            raise ModelGlueError(f"{where}: unknown strategy {s!r} (known: {', '.join(sorted(STRATEGIES))})")
-    if cfg.method != "auto":
-        get_method(cfg.method)
-    for r in cfg.routers:
-        if r not in ("hidden", "embed", "trained", "random"):
-            raise ModelGlueError(f"{where}: unknown router {r!r} (known: hidden, embed, trained, random)")
-    for lim in (cfg.limit, cfg.test_limit):
-        if lim is not None and (not isinstance(lim, int) or lim < 1):
-            raise ModelGlueError(f"{where}: limit must be a positive integer")
+    keys = set(GlueConfig.__dataclass_fields__) - {"out_dir"}
+    for key in sorted(set(map(str, raw)) - keys):
+        raise ModelGlueError(f"{path}: unknown key {key!r}{did_you_mean(key, keys)}")
+    raw = {k: v for k, v in {**raw, **overrides}.items() if v is not None}  # null: the default
+    try:
+        return TypeAdapter(GlueConfig).validate_python({**raw, "out_dir": Path(out_dir)}, context=path.parent)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        if err["type"] == "missing" or (err["type"] == "too_short" and key in ("models", "tasks")):
+            raise ModelGlueError(f"{path}: missing key {key!r}") from None
+        if err["type"] == "value_error":  # our validators' messages name the key
+            raise ModelGlueError(f"{path}: {err['ctx']['error']}") from None
+        raise ModelGlueError(f"{path}: {key}: {err['msg'][0].lower()}{err['msg'][1:]}") from None
 
 
 # ----------------------------------------------------------------------------- the pipeline
