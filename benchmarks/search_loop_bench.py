@@ -12,7 +12,9 @@ alternating candidate by candidate in one process (the machine's load hits both 
 
 "ready" is coefficients -> a model holding the merged weights. A fixed stand-in for
 scoring (one forward pass over a batch of 8 x 32 tokens) is then timed on each path's
-model, and "with scoring" adds it. Every candidate has new coefficients for every
+model, and "with scoring" adds it. A floor for "ready" in memory is timed last: the
+least memory traffic a candidate needs (each input read once, each parameter written
+once), as the cheapest three-input elementwise pass, d = a + b + c, in the same chunks. Every candidate has new coefficients for every
 tensor (a linear merge, one weight per model): nothing can be skipped, the worst case
 for the in-memory path. Usage:
 
@@ -22,6 +24,7 @@ for the in-memory path. Usage:
 from __future__ import annotations
 
 import argparse
+import importlib
 import shutil
 import statistics
 import sys
@@ -35,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from merge_bench import PRESETS, build_checkpoints  # noqa: E402  (the same random Llama checkpoints)
 
 from modelglue.merge import InMemoryMerger, merge  # noqa: E402
+
+merge_module = importlib.import_module("modelglue.merge")  # the module (modelglue.merge is also the function)
 
 
 def recipe(paths: list[Path], step: int) -> dict:
@@ -60,6 +65,21 @@ def disk_ready(rec: dict, tmp: Path) -> torch.nn.Module:
 
     merge(rec, tmp / "m")
     return AutoModelForCausalLM.from_pretrained(tmp / "m", dtype=torch.float32)
+
+
+def traffic_floor(merger: InMemoryMerger, model: torch.nn.Module, paths: list[Path]) -> tuple[float, int]:
+    """(seconds, bytes moved) of d = a + b + c over every parameter, from the merger's
+    resident inputs, in its chunks: each input read once and d written once."""
+    chunk = merge_module.IN_MEMORY_CHUNK
+    moved, t = 0, time.perf_counter()
+    with torch.no_grad():
+        for name, d in model.state_dict(keep_vars=True).items():
+            a, b, c = (merger._resident[(p.resolve(), name)].reshape(-1) for p in paths)  # (a peek, for the floor)
+            d = d.data.view(-1)
+            for i in range(0, d.numel(), chunk):
+                torch.add(a[i:i + chunk], b[i:i + chunk], out=d[i:i + chunk]).add_(c[i:i + chunk])
+            moved += 4 * d.numel() * d.element_size()
+    return time.perf_counter() - t, moved
 
 
 def main() -> int:
@@ -103,6 +123,10 @@ def main() -> int:
     print(f"| {args.size} | {first:.1f} s | {m:.2f} s | {d:.2f} s | **{d / m:.1f}x** | {60 / m:.0f} / {60 / d:.1f} "
           f"| {ms:.2f} s / {ds:.2f} s | {ds / ms:.1f}x | {60 / ms:.1f} / {60 / ds:.1f} |")
     print(f"(medians of {args.repeats} candidates; torch threads {torch.get_num_threads()})")
+    floors = [traffic_floor(merger, model, paths) for _ in range(2)]
+    seconds, moved = min(f[0] for f in floors), floors[0][1]
+    print(f"floor: d = a + b + c over every parameter in memory, {moved / 1e9:.1f} GB read and written: "
+          f"{seconds:.2f} s ({moved / seconds / 1e9:.1f} GB/s); ready in memory is {m / seconds:.1f}x it")
     return 0
 
 

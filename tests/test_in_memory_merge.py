@@ -134,3 +134,43 @@ def test_only_tensors_whose_merge_changed_are_recomputed(family, monkeypatch, tm
     merger.merge_into(other, layered(0.9))
     assert sorted(computed) == sorted(names)
     assert all(torch.equal(other.state_dict()[n], t) for n, t in expected.items())
+
+
+TOK_MODELS = Path(__file__).resolve().parent / "data" / "mergekit_golden" / "models"  # differing vocabularies
+
+
+def union_recipe(method: str, weights: list[float]) -> dict:
+    models = [{"model": str(TOK_MODELS / m), "parameters": {"weight": w, "density": 0.5}}
+              for m, w in zip(("tok_add", "tok_perm"), weights)]
+    if method == "linear":
+        models = [{"model": str(TOK_MODELS / "tok_base"), "parameters": {"weight": 1.0}}] + \
+                 [{"model": m["model"], "parameters": {"weight": m["parameters"]["weight"]}} for m in models]
+    return {"merge_method": method, "base_model": str(TOK_MODELS / "tok_base"), "models": models,
+            "tokenizer_source": "union", "dtype": "float32"}
+
+
+@pytest.mark.parametrize("method", ["linear", "ties"])
+def test_a_union_vocabulary_is_planned_and_aligned_once_per_merger(small_chunks, monkeypatch, tmp_path, method):
+    plan_module, vocab_module = importlib.import_module("modelglue.engine.plan"), importlib.import_module("modelglue.engine.vocab")
+    first, second = union_recipe(method, [0.6, 0.4]), union_recipe(method, [0.3, 0.9])
+    merge(first, tmp_path / "first", seed=3)  # its directory holds a model of the output vocabulary's shape
+    expected = on_disk(second, tmp_path / "second")
+    planned, aligned = [], []
+    plan_vocab, align = plan_module.plan_vocab, vocab_module._align
+    monkeypatch.setattr(plan_module, "plan_vocab", lambda *a, **k: planned.append(1) or plan_vocab(*a, **k))
+    monkeypatch.setattr(vocab_module, "_align", lambda *a, **k: aligned.append(1) or align(*a, **k))
+    computed = count_computes(monkeypatch)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "first")
+    vocab_names = ["model.embed_tokens.weight", "lm_head.weight"]
+    merger = InMemoryMerger()
+
+    merger.merge_into(model, first, seed=3)
+    assert (len(planned), len(aligned)) == (1, len(vocab_names))
+    merger.merge_into(model, second, seed=3)  # new coefficients: every tensor recomputed, nothing re-planned
+    assert (len(planned), len(aligned)) == (1, len(vocab_names))
+    assert set(vocab_names) <= set(computed)
+    assert all(torch.equal(model.state_dict()[n], t) for n, t in expected.items()), \
+        [n for n, t in expected.items() if not torch.equal(model.state_dict()[n], t)]
+    computed.clear()
+    merger.merge_into(model, second, seed=3)  # the same candidate: vocabulary tensors are skipped too
+    assert computed == [] and (len(planned), len(aligned)) == (1, len(vocab_names))

@@ -69,16 +69,21 @@ class ResidentSource:
 
 
 def compute_tensor(plan: Plan, task: TensorTask, tensors: list[torch.Tensor], device: str = "cpu", *,
-                   state: Any = None, start: int = 0) -> torch.Tensor:
+                   state: Any = None, start: int = 0, into: torch.Tensor | None = None) -> torch.Tensor:
     """Apply the plan's method to one output tensor's inputs (already fetched): whole
-    tensors, or with the method's prepared `state` a flat slice beginning at `start`."""
+    tensors, or with the method's prepared `state` a flat slice beginning at `start`.
+    `into`: a tensor of the output's shape that the method writes into where it can
+    (see MergeMethod.writes_out; the result is then `into` itself, else a new tensor)."""
     if task.copy_only:
         return tensors[task.base_index or 0]
     stored = tensors[task.base_index or 0].dtype
     tensors = [_as_work(plan, t, device) for t in tensors]
+    if into is not None and not (plan.method.writes_out and into.dtype == task.dtype in (torch.float32, torch.float64)
+                                 and all(t.dtype == into.dtype for t in tensors)):
+        into = None  # a conversion lies between the arithmetic and the output
     try:
         out = plan.method(tensors, task.base_index, task.shared, task.per_input, _seeds(plan, task),
-                          state=state, start=start, round_to=plan.round_to(stored))
+                          state=state, start=start, round_to=plan.round_to(stored), out=into)
     except ModelGlueError as exc:
         raise ModelGlueError(f"tensor {task.name}: {exc}") from None
     out = out.to(task.dtype)

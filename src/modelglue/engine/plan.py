@@ -80,9 +80,11 @@ class Plan:
 
 
 def plan_merge(recipe: Recipe, *, seed: int | None = None, allow_pickle: bool = False,
-               checkpoints: dict[Path, Checkpoint] | None = None, exact: bool = False) -> Plan:
+               checkpoints: dict[Path, Checkpoint] | None = None, exact: bool = False,
+               vocabs: dict[str, VocabPlan] | None = None) -> Plan:
     """Turn a validated recipe into a list of tensor tasks; reads headers only
-    (exact: 16-bit arithmetic as mergekit does it, see Plan.work_dtype)."""
+    (exact: 16-bit arithmetic as mergekit does it, see Plan.work_dtype). `checkpoints`
+    and `vocabs` (vocabulary plans, which load tokenizers) are reused across calls."""
     method = get_method(recipe.merge_method)
     models = recipe.models()
     cache = checkpoints if checkpoints is not None else {}
@@ -96,7 +98,12 @@ def plan_merge(recipe: Recipe, *, seed: int | None = None, allow_pickle: bool = 
     vocab = None
     if recipe.tokenizer is not None:
         base = index[recipe.base_model.resolve()] if recipe.base_model else None
-        vocab = plan_vocab(recipe.tokenizer, models, [ck.config for ck in ckpts], base)
+        key = repr((recipe.tokenizer, [m.resolve() for m in models], base))
+        vocab = vocabs.get(key) if vocabs is not None else None
+        if vocab is None:
+            vocab = plan_vocab(recipe.tokenizer, models, [ck.config for ck in ckpts], base)
+            if vocabs is not None:
+                vocabs[key] = vocab
     planner = _Planner(recipe, method, models, ckpts, index, vocab)
     tasks = planner.plan()
     return Plan(recipe, method, models, ckpts, tasks, planner.out_layers, planner.layer_origin,
@@ -111,9 +118,16 @@ class _Planner:
         self.out_layers = 0
         self.layer_origin: list[tuple[int, int]] = []
         self.out_dtype = TORCH_DTYPES.get(recipe.out_dtype or recipe.dtype or "")
+        self._resolved: dict[Path, Path] = {}
+
+    def resolved(self, path: Path) -> Path:
+        """path.resolve(), which stats every component: once per path and plan (a search plans every candidate)."""
+        if path not in self._resolved:
+            self._resolved[path] = path.resolve()
+        return self._resolved[path]
 
     def model_idx(self, path: Path) -> int:
-        return self.index[path.resolve()]
+        return self.index[self.resolved(path)]
 
     def layers_of(self, src: SliceSource) -> tuple[int, int]:
         ck = self.ckpts[self.model_idx(src.model)]
@@ -152,7 +166,7 @@ class _Planner:
 
     def task(self, out_name: str, inputs: list[tuple[SliceSource, str]], out_slice: OutputSlice, t: float) -> TensorTask:
         base_path = out_slice.base_model or self.recipe.base_model
-        base_key = base_path.resolve() if base_path else None
+        base_key = self.resolved(base_path) if base_path else None
         refs, shapes, dtypes = [], [], []
         for src, name in inputs:
             mi = self.model_idx(src.model)
@@ -164,7 +178,7 @@ class _Planner:
             dtypes.append(ck.dtype(name))
         base_index = None
         if self.method.uses_base and base_key is not None:  # the recipe checked it is one of the inputs
-            base_index = next(i for i, (src, _) in enumerate(inputs) if src.model.resolve() == base_key)
+            base_index = next(i for i, (src, _) in enumerate(inputs) if self.resolved(src.model) == base_key)
         shape, align = self.vocab_alignment(out_name, refs, shapes, base_key)
         if len(set(shapes)) > 1 and align is None:
             detail = ", ".join(f"{src.model.name}: {list(sh)}" for (src, _), sh in zip(inputs, shapes))

@@ -117,6 +117,9 @@ class MergeMethod:
     # its outputs would move more than one 16-bit ulp from mergekit's (thresholds on
     # rounded values; norms and angles that mergekit takes in 16 bits).
     keeps_16bit: bool = False
+    # fn takes out=: a tensor to write the result into (no allocation; the engine passes it
+    # only when it is of the dtype the inputs arrive and are computed in, float32 or float64).
+    writes_out: bool = False
     description: str = ""
     reference: str = ""
     # constraint(values) -> an error message or None: a rule across one input's resolved
@@ -154,10 +157,16 @@ class MergeMethod:
 
     def __call__(self, tensors: list[torch.Tensor], base_index: int | None, shared: dict[str, Any],
                  per_input: list[dict[str, Any]], seeds: list[int] | None = None, *,
-                 state: Any = None, start: int = 0, round_to: torch.dtype | None = None) -> torch.Tensor:
+                 state: Any = None, start: int = 0, round_to: torch.dtype | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
         """Bind resolved parameters to the plain function and run it (on whole tensors, or
-        with `state` from prepare_state on the flat slice beginning at entry `start`)."""
+        with `state` from prepare_state on the flat slice beginning at entry `start`;
+        into `out` if given, which needs writes_out)."""
         kwargs = self._kwargs(base_index, shared, per_input, seeds)
+        if out is not None:
+            if not self.writes_out:
+                raise ValueError(f"{self.name}: it cannot write into a given tensor")
+            kwargs["out"] = out
         if self.takes_round_to:
             kwargs["round_to"] = round_to
         if self.prepare is not None:
@@ -211,7 +220,7 @@ def get_method(name: str) -> MergeMethod:
 UNIT = dict(low=0.0, high=1.0)
 
 register("linear", linear, Param("weight", float, "input", search=(0.0, 1.0)), Param("normalize", bool, default=True),
-         elementwise=True, description="Weighted average of the models (model soup).",
+         elementwise=True, writes_out=True, description="Weighted average of the models (model soup).",
          reference="https://arxiv.org/abs/2203.05482")
 
 register("slerp", slerp, Param("t", float, **UNIT), needs_base=True, min_inputs=2, max_inputs=2,

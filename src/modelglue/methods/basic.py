@@ -11,10 +11,12 @@ from typing import Callable
 import torch
 
 
-def linear(tensors: list[torch.Tensor], weight: list[float], normalize: bool = True) -> torch.Tensor:
-    """sum_i w_i theta_i, divided by sum_i w_i when normalize (Model Soups / Wortsman et al.)."""
+def linear(tensors: list[torch.Tensor], weight: list[float], normalize: bool = True, *,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_i w_i theta_i, divided by sum_i w_i when normalize (Model Soups / Wortsman et al.).
+    `out`: where to write it (of the inputs' dtype, float32 or float64), e.g. a live parameter."""
     acc_dtype = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
-    out = torch.mul(tensors[0].to(acc_dtype), weight[0])  # = 0 + w_0 theta_0, exactly as an add into zeros
+    out = torch.mul(tensors[0].to(acc_dtype), weight[0], out=out)  # = 0 + w_0 theta_0, exactly as an add into zeros
     for theta, w in zip(tensors[1:], weight[1:]):
         out.add_(theta.to(acc_dtype), alpha=w)
     if normalize:
