@@ -93,7 +93,8 @@ def _models(seed, shape=(300, 40), dtype=torch.bfloat16, spread=0.3):
 
 def _same(got, want):
     assert got.dtype == want.dtype and got.shape == want.shape
-    assert torch.equal(got.view(torch.int16), want.view(torch.int16)), \
+    bits = torch.int32 if got.dtype == torch.float32 else torch.int16
+    assert torch.equal(got.view(bits), want.view(bits)), \
         f"{int((got != want).sum())} entries differ, max {float((got.float() - want.float()).abs().max())}"
 
 
@@ -114,13 +115,17 @@ def test_nuslerp_colinear_rows_are_lerped_as_mergekit_does():
     _same(got, _ref_nuslerp(None, a, b, [0.3, 0.7], flatten=False))
 
 
-@pytest.mark.parametrize("with_base,normalize", [(False, True), (True, True), (True, False)])
-def test_multislerp_is_mergekits_arithmetic(with_base, normalize):
-    base, a, b = _models(3, spread=3.0)
-    c = _models(4, spread=3.0)[1]
+@pytest.mark.parametrize("with_base,normalize,count", [(False, True, 3), (True, True, 3), (True, False, 3),
+                                                       (False, True, 2), (True, False, 2)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_multislerp_is_mergekits_arithmetic(with_base, normalize, count, dtype):
+    base, a, b = _models(3, spread=3.0, dtype=dtype)
+    c = _models(4, spread=3.0, dtype=dtype)[1]
+    a[:7], b[:5] = -0.0, 0.0  # signed zeros (times a negative weight, +0 is -0): -0 + -0 is -0, a sum from +0 is +0
+    others, weight = [a, b, c][:count], [0.5, -0.3, 0.4][:count]
     base = base if with_base else None
-    got = multislerp(base, [a, b, c], [0.5, 0.3, 0.4], normalize_weights=normalize)
-    _same(got, _ref_multislerp(base, [a, b, c], [0.5, 0.3, 0.4], normalize))
+    got = multislerp(base, others, weight, normalize_weights=normalize)
+    _same(got, _ref_multislerp(base, others, weight, normalize))
 
 
 def _uneven(seed, dtype=torch.bfloat16):
@@ -153,3 +158,13 @@ def test_float32_is_mergekits_arithmetic_too():
     assert _same_f32(nuslerp(base, [a, b], [0.6, 0.4]), _ref_nuslerp(base, a, b, [0.6, 0.4]))
     assert _same_f32(multislerp(base, [a, b], [0.6, 0.4]), _ref_multislerp(base, [a, b], [0.6, 0.4]))
     assert _same_f32(karcher(_uneven(9, torch.float32)), _ref_karcher(_uneven(9, torch.float32)))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("rows", [2, 3])
+def test_row_sums_are_torchs_bit_for_bit(dtype, rows):
+    g = torch.Generator().manual_seed(10)
+    x = (torch.randn(rows, 5000, generator=g) * torch.exp(torch.randn(rows, 5000, generator=g) * 3)).to(dtype)
+    x[:, :100] = -0.0  # all rows -0: the sum is +0
+    x[0, 100:200] = -0.0
+    _same(spherical._sum_rows(x, out=torch.empty(5000, dtype=dtype)), x.sum(0))

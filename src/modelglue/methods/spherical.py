@@ -123,19 +123,28 @@ def multislerp(base: torch.Tensor | None, others: list[torch.Tensor], weight: li
     norms = torch.norm(units, dim=-1, keepdim=True)
     units.div_(norms + eps)  # x now holds the unit vectors
     products = torch.mul(units, w, out=_empty(units.shape, units))  # then reused for each [inputs, entries] product
-    mean = torch.sum(products, 0, out=_empty(units.shape[1:], units))
+    mean = _sum_rows(products, out=_empty(units.shape[1:], units))
     mean_norm = torch.norm(mean)
     if mean_norm < eps:  # no mean direction: the weighted units cancel
         return _multislerp_fallback(base, others, w)
     mean.div_(mean_norm)
     dots = torch.mul(units, mean, out=products).sum(-1, keepdim=True)
     tangents = torch.sub(units, torch.mul(dots, mean, out=products), out=products)  # log maps, to first order
-    step = torch.sum(tangents.mul_(w), 0, out=units[0])  # (the unit vectors are done with)
+    step = _sum_rows(tangents.mul_(w), out=units[0])  # (the unit vectors are done with)
     angle = torch.norm(step) + eps
     scale = (norms.squeeze(-1) * w.view(-1)).sum()
     out = mean.mul_(torch.cos(angle)).add_(step.mul_(torch.sin(angle) / angle)).mul_(scale)  # exp map, scaled
     out = out.view(x.shape[1:])
     return out if base is None else out.add_(base)
+
+
+def _sum_rows(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """x.sum(0) for [k, n], bit for bit. Torch sums 16-bit rows in float32 from +0, row by
+    row, and rounds once: for two rows that is their 16-bit add, plus 0 (for -0 + -0),
+    3-4x faster than its reduction over the outer axis."""
+    if x.dtype in (torch.bfloat16, torch.float16) and x.shape[0] == 2 and x.device.type == "cpu":
+        return torch.add(x[0], x[1], out=out).add_(0.0)
+    return torch.sum(x, 0, out=out)
 
 
 def _multislerp_fallback(base: torch.Tensor | None, others: list[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
