@@ -63,24 +63,23 @@ class Cut:
         return below
 
 
-def magnitude_cut(mags: torch.Tensor, p: int) -> tuple[Cut, bool]:
-    """The cut with exactly p entries of the flat float32 `mags` below it, and whether
-    it is ambiguous (equal non-zero magnitudes on both sides, so a sort could choose
-    other ones). O(n): the value is torch.kthvalue's (3.0 s at 136M entries on 2 cores,
-    where a radix select with torch.bincount took 21 s and torch.sort 21 s); among equal
-    magnitudes the lowest indices fall below (a zero is zero, below the cut or not)."""
+def magnitude_cut(mags: torch.Tensor, p: int) -> Cut:
+    """The cut with exactly p entries of the flat float32 `mags` below it. O(n): the
+    value is torch.kthvalue's (3.0 s at 136M entries on 2 cores, where a radix select with
+    torch.bincount took 21 s and torch.sort 21 s); among equal magnitudes the lowest
+    indices fall below."""
     n = mags.numel()
     if p <= 0 or p >= n:
-        return Cut(-math.inf, 0) if p <= 0 else Cut(math.inf, n), False
+        return Cut(-math.inf, 0) if p <= 0 else Cut(math.inf, n)
     value = float(torch.kthvalue(mags, p + 1).values)  # the smallest entry not below
     less = int(torch.count_nonzero(mags < value))
-    if p == less or value == 0:
-        return Cut(value, 0), False
+    if p == less:
+        return Cut(value, 0)
     seen = 0  # find the (p - less)-th entry equal to value, in index order
     for a in range(0, n, BLOCK):
         tied = (mags[a:a + BLOCK] == value).nonzero().flatten()
         if seen + len(tied) >= p - less:
-            return Cut(value, a + int(tied[p - less - seen - 1]) + 1), True
+            return Cut(value, a + int(tied[p - less - seen - 1]) + 1)
         seen += len(tied)
     raise AssertionError("unreachable: kthvalue saw more entries equal to its value")
 
@@ -89,13 +88,16 @@ def argsort_prefix(mags: torch.Tensor, k: int, descending: bool) -> torch.Tensor
     """The entries at the first k positions of torch.argsort(mags, descending), as a bool
     mask: mergekit's choice among equal magnitudes (its TIES keeps the first k of a
     descending argsort, breadcrumbs a range of an ascending one). Leaves mags unchanged."""
-    keys = mags if descending else -mags  # an ascending sort makes the same moves on -mags
-    if keys.device.type == "cpu" and keys.dtype == torch.float32 and not keys.isnan().any() and _follows_torch_sort():
-        mask = argsort_prefix_mask(keys.numpy().copy(), k)
+    n = mags.numel()
+    if k <= 0 or k >= n:
+        return torch.full((n,), k > 0, dtype=torch.bool, device=mags.device)
+    if mags.device.type == "cpu" and mags.dtype == torch.float32 and not mags.isnan().any() and _follows_torch_sort():
+        keys = mags.clone() if descending else -mags  # an ascending sort makes the same moves on -mags
+        mask = argsort_prefix_mask(keys.numpy(), k)
         if mask is not None:
             return torch.from_numpy(mask)
-    mask = torch.zeros(mags.numel(), dtype=torch.bool, device=mags.device)
-    mask[torch.argsort(keys, descending=True)[:k]] = True
+    mask = torch.zeros(n, dtype=torch.bool, device=mags.device)
+    mask[torch.argsort(mags, descending=descending)[:k]] = True
     return mask
 
 
@@ -254,7 +256,8 @@ def _random_keep(read: Callable[[int, int], torch.Tensor], n: int, density: floa
 def _magnitude_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: torch.dtype | None, sparsify: str,
                     density: float, rescale: str | None, gamma: float, tie_order: str) -> Keep:
     """prepare_keep for the magnitude sparsifiers: cuts of |d| at ranks lo and hi (and
-    the L1 rescale). tie_order 'sort' resolves an ambiguous cut as mergekit's sort does."""
+    the L1 rescale); among equal magnitudes, tie_order 'sort' keeps what mergekit's sort
+    does (an explicit mask), 'index' the highest indices (streamable cuts)."""
     mags = None
     for a in range(0, n, BLOCK):
         part = read(a, min(n, a + BLOCK))
@@ -268,14 +271,11 @@ def _magnitude_keep(read: Callable[[int, int], torch.Tensor], n: int, dtype: tor
         kept, n_top = int(density * n), int(gamma * n)
         lo = max(0, n - kept - n_top)
         hi = lo + kept
-    (low, low_tied), (high, high_tied) = magnitude_cut(mags, lo), magnitude_cut(mags, hi)
-    if tie_order == "sort" and sparsify == "magnitude" and low_tied:
-        keep = Keep(explicit=argsort_prefix(mags, n - lo, descending=True))
-    elif tie_order == "sort" and (low_tied or high_tied):  # [lo, hi) of an ascending sort
-        below_hi = argsort_prefix(mags, hi, descending=False) if high_tied else high.below(mags, 0)
-        keep = Keep(explicit=below_hi & ~(argsort_prefix(mags, lo, descending=False) if low_tied else low.below(mags, 0)))
+    if tie_order == "sort":  # mergekit's choice among equal magnitudes: its argsort's
+        keep = Keep(explicit=argsort_prefix(mags, n - lo, descending=True) if sparsify == "magnitude"
+                    else argsort_prefix(mags, hi, descending=False) & ~argsort_prefix(mags, lo, descending=False))
     else:
-        keep = Keep(low=low, high=high if hi < n else None)
+        keep = Keep(low=magnitude_cut(mags, lo), high=magnitude_cut(mags, hi) if hi < n else None)
     if rescale == "l1":  # match the L1 norm of the whole task vector, summed as mergekit does
         whole = mags.to(dtype)
         before = whole.sum()
@@ -296,10 +296,10 @@ def prepare_keeps(read: Callable[[int, int, int], torch.Tensor], n: int, dtype: 
     jobs = [functools.partial(prepare_keep, lambda a, b, i=i: read(i, a, b), n, dtype, sparsify, density[i], rescale,
                               gamma=gamma[i] if gamma else 0.01, tie_order=tie_order, seed=seeds[i] if seeds else None)
             for i in range(len(density))]
-    # Task vectors are independent and torch releases the GIL: prepare several at once, as
-    # many as cores and PREPARE_BYTES allow. One takes 4 bytes an entry for |d|, 4 more for
-    # kthvalue's copy, or about 13 more (up to 25 where all are tied) at an ambiguous cut (argsort_prefix).
-    workers = min(len(jobs), os.cpu_count() or 1, max(1, PREPARE_BYTES // (21 * max(1, n))))
+    # Task vectors are independent and torch and numpy release the GIL: prepare several at
+    # once, as many as cores and PREPARE_BYTES allow. One takes 4 bytes an entry for |d|
+    # and up to 25 more for its cut (argsort_prefix: a copy, positions, scans, the mask).
+    workers = min(len(jobs), os.cpu_count() or 1, max(1, PREPARE_BYTES // (29 * max(1, n))))
     if workers <= 1:
         return [job() for job in jobs]
     with ThreadPoolExecutor(workers, thread_name_prefix="modelglue-prepare") as pool:
