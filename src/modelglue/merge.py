@@ -5,6 +5,8 @@ validated before a tensor is read), then run one Executor (engine/execute.py).
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterator
 from weakref import WeakKeyDictionary
@@ -92,6 +94,10 @@ IN_MEMORY_CHUNK = 1 << 19  # entries: a 2 MB float32 chunk of the output stays i
 # all the passes of a method's arithmetic, so each input is read from memory once and the
 # target written once (whole tensors stream every pass through DRAM). At 0.5B, linear:
 # 256K-entry chunks 0.82 s a candidate, 512K 0.71-0.76 s, 1M 0.68-0.75 s (bare loops, one thread).
+IN_MEMORY_WORKERS = 2  # threads that take a tensor's chunks in turn, each with one torch thread:
+# no barrier between them (torch's intra-op threads spin at one per operation, and took
+# 5.5-7 s for what one thread does in 0.9 s on this 2-core machine at load 1.8); a busy
+# core only delays the chunks it holds.
 
 
 class _FlatParts:
@@ -169,15 +175,17 @@ class InMemoryMerger:
         old_threads = torch.get_num_threads()
         if _one_thread(plan, self.device):  # as merge() (two threads on a loaded 2-core machine
             torch.set_num_threads(1)         # took 149 s for a 0.5B linear merge, far more than one)
+        parallel = self.device == "cpu" and torch.get_num_threads() == 1 and IN_MEMORY_WORKERS > 1
         try:
-            with torch.no_grad():
+            with torch.no_grad(), (ThreadPoolExecutor(IN_MEMORY_WORKERS, thread_name_prefix="modelglue-merge")
+                                   if parallel else nullcontext()) as pool:
                 for task in plan.tasks:
                     dest = target[task.name]
                     key = self._task_key(plan, source, task)
                     if written.get(task.name) == (key, dest.data_ptr(), dest._version):
                         continue
                     written.pop(task.name, None)
-                    self._merge_task(plan, task, self._inputs(plan, source, task), dest)
+                    self._merge_task(plan, task, self._inputs(plan, source, task), dest, pool)
                     written[task.name] = (key, dest.data_ptr(), dest._version)
         finally:
             torch.set_num_threads(old_threads)
@@ -199,10 +207,12 @@ class InMemoryMerger:
             self._aligned[key] = aligned
         return self._aligned[key]
 
-    def _merge_task(self, plan: Plan, task: TensorTask, inputs: list[torch.Tensor], dest: torch.Tensor) -> None:
+    def _merge_task(self, plan: Plan, task: TensorTask, inputs: list[torch.Tensor], dest: torch.Tensor,
+                    pool: ThreadPoolExecutor | None = None) -> None:
         """Compute one tensor into `dest`: elementwise methods in cache-sized flat chunks
-        (after the method's look at the whole tensors, if it has one), others whole; a
-        method that can writes straight into dest (MergeMethod.writes_out)."""
+        (after the method's look at the whole tensors, if it has one; on `pool`'s threads
+        if given), others whole; a method that can writes straight into dest
+        (MergeMethod.writes_out)."""
         n = dest.numel()
         if task.copy_only or not plan.method.elementwise or n <= IN_MEMORY_CHUNK or not dest.is_contiguous():
             _put(dest, compute_tensor(plan, task, inputs, self.device, into=dest))
@@ -210,10 +220,15 @@ class InMemoryMerger:
         state = prepare_state(plan, task, _FlatParts(task, inputs), self.device)[0] if plan.method.prepare else None
         flat_inputs = [t.reshape(-1) for t in inputs]
         flat_dest = dest.view(-1)
-        for start in range(0, n, IN_MEMORY_CHUNK):
-            part = flat_dest[start:start + IN_MEMORY_CHUNK]
-            _put(part, compute_tensor(plan, task, [t[start:start + IN_MEMORY_CHUNK] for t in flat_inputs],
-                                      self.device, state=state, start=start, into=part))
+
+        def chunk(start: int) -> None:
+            with torch.no_grad():  # (grad mode is per thread)
+                part = flat_dest[start:start + IN_MEMORY_CHUNK]
+                _put(part, compute_tensor(plan, task, [t[start:start + IN_MEMORY_CHUNK] for t in flat_inputs],
+                                          self.device, state=state, start=start, into=part))
+
+        for _ in (pool.map if pool is not None else map)(chunk, range(0, n, IN_MEMORY_CHUNK)):
+            pass
 
     def _task_key(self, plan: Plan, source: ResidentSource, task: TensorTask) -> tuple:
         """Everything one output tensor's values depend on."""
