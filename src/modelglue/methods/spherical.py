@@ -45,8 +45,8 @@ def _empty(shape: torch.Size | tuple[int, ...], like: torch.Tensor, dtype: torch
     return _SCRATCH.take(n * dtype.itemsize).view(dtype).view(shape)
 
 
-def _blocks(x: torch.Tensor) -> list:
-    """Slices along x's first axis of about BLOCK entries each (a 0-d tensor: all of it).
+def _blocks(x: torch.Tensor, size: int = BLOCK) -> list:
+    """Slices along x's first axis of about `size` entries each (a 0-d tensor: all of it).
     BLOCK is below torch's grain size (at::internal::GRAIN_SIZE, 32,768): an operation
     on that many entries runs on the calling thread, and stays in cache for the next
     one. Larger ones go to torch's thread pool, whose hand-off waits a whole time slice
@@ -54,7 +54,7 @@ def _blocks(x: torch.Tensor) -> list:
     a loaded 2-core machine)."""
     if x.dim() == 0:
         return [...]
-    step = max(1, BLOCK * x.shape[0] // max(1, x.numel()))
+    step = max(1, size * x.shape[0] // max(1, x.numel()))
     return [slice(i, i + step) for i in range(0, x.shape[0], step)]
 
 
@@ -112,30 +112,40 @@ def multislerp(base: torch.Tensor | None, others: list[torch.Tensor], weight: li
     A single model is returned as it is."""
     if len(others) == 1:
         return others[0]
-    x = torch.stack(others, out=_empty((len(others), *others[0].shape), others[0]))
-    if base is not None:
-        x -= base
-    units = x.view(len(others), -1)
-    w = torch.tensor(weight, dtype=x.dtype, device=x.device)
-    if normalize_weights:
-        w = w / w.sum()
-    w = w.view(-1, 1)
+    k, shape = len(others), others[0].shape
+    flat = [x.reshape(-1) for x in others]
+    units = _empty((k, flat[0].numel()), flat[0])  # first the inputs (task vectors), stacked
+    mean, products = _empty(flat[0].shape, flat[0]), _empty(units.shape, units)
+    cols = _blocks(mean, BLOCK // k)  # column blocks: a block of every input at once
+    for c in cols:
+        for i in range(k):
+            if base is None:
+                units[i, c].copy_(flat[i][c])
+            else:
+                torch.sub(flat[i][c], base.reshape(-1)[c], out=units[i, c])
+    w = torch.tensor(weight, dtype=units.dtype, device=units.device)
+    w = (w / w.sum() if normalize_weights else w).view(-1, 1)
     norms = torch.norm(units, dim=-1, keepdim=True)
-    units.div_(norms + eps)  # x now holds the unit vectors
-    products = torch.mul(units, w, out=_empty(units.shape, units))  # then reused for each [inputs, entries] product
-    mean = _sum_rows(products, out=_empty(units.shape[1:], units))
+    lengths = norms + eps
+    for c in cols:  # unit vectors, in place, and their weighted mean
+        _sum_rows(torch.mul(units[:, c].div_(lengths), w, out=products[:, c]), out=mean[c])
     mean_norm = torch.norm(mean)
     if mean_norm < eps:  # no mean direction: the weighted units cancel
         return _multislerp_fallback(base, others, w)
-    mean.div_(mean_norm)
-    dots = torch.mul(units, mean, out=products).sum(-1, keepdim=True)
-    tangents = torch.sub(units, torch.mul(dots, mean, out=products), out=products)  # log maps, to first order
-    step = _sum_rows(tangents.mul_(w), out=units[0])  # (the unit vectors are done with)
+    for c in cols:
+        torch.mul(units[:, c], mean[c].div_(mean_norm), out=products[:, c])
+    dots = products.sum(-1, keepdim=True)
+    for c in cols:  # the log maps (to first order), weighted and summed: into units[0]
+        tangents = torch.sub(units[:, c], torch.mul(dots, mean[c], out=products[:, c]), out=products[:, c])
+        _sum_rows(tangents.mul_(w), out=units[0, c])
+    step = units[0]
     angle = torch.norm(step) + eps
-    scale = (norms.squeeze(-1) * w.view(-1)).sum()
-    out = mean.mul_(torch.cos(angle)).add_(step.mul_(torch.sin(angle) / angle)).mul_(scale)  # exp map, scaled
-    out = out.view(x.shape[1:])
-    return out if base is None else out.add_(base)
+    cos, sinc, scale = torch.cos(angle), torch.sin(angle) / angle, (norms.squeeze(-1) * w.view(-1)).sum()
+    for c in cols:  # exp map back to the sphere, scaled (into mean)
+        out = mean[c].mul_(cos).add_(step[c].mul_(sinc)).mul_(scale)
+        if base is not None:
+            out.add_(base.reshape(-1)[c])
+    return mean.view(shape)
 
 
 def _sum_rows(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -173,12 +183,17 @@ def karcher(tensors: list[torch.Tensor], max_iter: int = 10, tol: float = 1e-5) 
     if not valid:
         return torch.zeros_like(tensors[0])
     a = [alphas[i] / sum(alphas[i] for i in valid) for i in valid]
-    u = [torch.div(tensors[i], norms[i], out=_empty(tensors[i].shape, tensors[i])) for i in valid]  # unit vectors
-    mean, tmp = _empty(u[0].shape, u[0]).zero_(), _empty(u[0].shape, u[0])
-    for ai, ui in zip(a, u):
-        mean += torch.mul(ui, ai, out=tmp)
+    u = [_empty(tensors[i].shape, tensors[i]) for i in valid]  # the unit vectors
+    mean, tmp = _empty(u[0].shape, u[0]), _empty(u[0].shape, u[0])
+    for c in _blocks(mean):
+        m = mean[c].zero_()
+        for i, ai, ui in zip(valid, a, u):
+            m += torch.mul(torch.div(tensors[i][c], norms[i], out=ui[c]), ai, out=tmp[c])
     mean_norm = norm(mean)
-    mean = u[0].clone() if mean_norm.item() < tol else mean.div_(mean_norm)
+    if mean_norm.item() < tol:
+        mean.copy_(u[0])
+    else:
+        _divide(mean, mean_norm)
     tangent = _empty(mean.shape, mean)
     # torch.dot runs on one thread in 16 bits (its own kernel): the inputs' dots run side by
     # side. In 32 and 64 bits it is BLAS's, whose sums depend on the calling thread's settings.
@@ -189,20 +204,41 @@ def karcher(tensors: list[torch.Tensor], max_iter: int = 10, tol: float = 1e-5) 
             thetas = [(torch.arccos(d), d, ai, ui) for d, ai, ui in zip(dots, a, u)]
             terms = [(ai * (theta / torch.sin(theta)), ui, d) for theta, d, ai, ui in thetas
                      if theta.item() >= tol]  # u_i (nearly) at the mean: log_m(u_i) ~ 0, theta / sin theta is 0/0
-            if not terms:  # the step is 0, below tol
+            if not terms or not _karcher_step(mean, terms, tangent, tmp, norm, tol):
                 break
-            tangent.zero_()
-            for coef, ui, d in terms:  # sum_i a_i log_m(u_i)
-                tangent += torch.mul(coef, torch.sub(ui, torch.mul(d, mean, out=tmp), out=tmp), out=tmp)
-            step = norm(tangent)
-            if step.item() < tol:
-                break
-            exp_step = torch.mul(torch.sin(step), torch.div(tangent, step, out=tmp), out=tmp)
-            torch.mul(torch.cos(step), mean, out=mean).add_(exp_step)  # exp_m(tangent)
-            length = norm(mean)
-            if length.item() > tol:  # back onto the sphere against rounding drift
-                mean.div_(length)
-    return torch.mul(sum(ai * n for ai, n in zip(alphas, norms)), mean, out=_empty(mean.shape, mean))
+    out = _empty(mean.shape, mean)
+    scale = sum(ai * n for ai, n in zip(alphas, norms))
+    for c in _blocks(mean):
+        torch.mul(scale, mean[c], out=out[c])
+    return out
+
+
+def _karcher_step(mean: torch.Tensor, terms: list, tangent: torch.Tensor, tmp: torch.Tensor, norm: "_Norm",
+                  tol: float) -> bool:
+    """mean <- exp_mean(tangent), tangent = sum_i a_i log_mean(u_i) from `terms` (a_i theta_i
+    / sin theta_i, u_i, cos theta_i), then back onto the sphere; False (mean unchanged)
+    when the step is below tol."""
+    for c in _blocks(mean):
+        tv = tangent[c].zero_()
+        for coef, ui, d in terms:
+            tv += torch.mul(coef, torch.sub(ui[c], torch.mul(d, mean[c], out=tmp[c]), out=tmp[c]), out=tmp[c])
+    step = norm(tangent)
+    if step.item() < tol:
+        return False
+    cos, sin = torch.cos(step), torch.sin(step)
+    for c in _blocks(mean):
+        exp_step = torch.mul(sin, torch.div(tangent[c], step, out=tmp[c]), out=tmp[c])
+        torch.mul(cos, mean[c], out=mean[c]).add_(exp_step)
+    length = norm(mean)
+    if length.item() > tol:  # back onto the sphere against rounding drift
+        _divide(mean, length)
+    return True
+
+
+def _divide(x: torch.Tensor, n: torch.Tensor) -> None:
+    """x /= n in place, block by block."""
+    for c in _blocks(x):
+        x[c].div_(n)
 
 
 class _Norm:
@@ -216,4 +252,6 @@ class _Norm:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.buffer is None:
             return torch.linalg.vector_norm(x)
-        return torch.linalg.vector_norm(self.buffer.copy_(x))
+        for c in _blocks(x):
+            self.buffer[c].copy_(x[c])
+        return torch.linalg.vector_norm(self.buffer)
