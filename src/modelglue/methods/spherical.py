@@ -10,9 +10,9 @@ not), so 16-bit results agree with mergekit's bit for bit (tests/test_spherical_
 each reduction runs on a whole tensor of mergekit's shape (torch's order of summation),
 and each elementwise step rounds as mergekit's does. Where mergekit makes a new tensor
 for each step, these write into a few buffers, reused across tensors (_empty), or run
-on blocks that stay in cache (_blocks): new memory costs more in page faults than the
-arithmetic on it (bfloat16, 151936 x 896, CPU s: nuslerp 2.6 -> 0.9, multislerp
-5.4 -> 1.4, karcher 6.0 -> 1.7 on a shared 2-core machine).
+on blocks that stay in cache without torch's thread pool (_blocks): new memory costs
+more in page faults than the arithmetic on it, and on a busy machine each hand-off to
+the pool waits a time slice (BENCHMARKS.md, "spherical methods in bfloat16").
 """
 from __future__ import annotations
 
